@@ -1,0 +1,272 @@
+"""The capture record, version 1: one HTTP exchange as it crossed the proxy.
+
+This module is the contract between the proxy, which writes records, and the sinks, which read
+them. It is pure (no I/O, nothing from mitmproxy) so that both sides can import it. A record is
+JSON on the wire (see docs/record.md for the field table and an example).
+
+Bodies are kept as they were on the wire (content-encoding untouched): as text when the bytes
+are valid UTF-8, otherwise base64, so a record is always valid JSON and loses no byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+BodyEncoding = Literal["utf-8", "base64"]
+Pair = list[Any]  # [name, value]: JSON has no tuples
+
+
+class InvalidRecord(ValueError):
+    """Bytes that are not a valid capture record; the message says what is wrong."""
+
+
+class UnknownVersion(InvalidRecord):
+    """A record written under a schema version this code does not know."""
+
+
+@dataclass(slots=True)
+class Request:
+    """The request as the client sent it.
+
+    `path` is the raw request path without the query string (percent-escapes kept), `query`
+    the raw query string without the `?`. `headers` are `[name, value]` pairs in the order
+    received, duplicates and case kept. `params` holds parsed parameters by source, each a list
+    of `[name, value]` pairs with repeated names kept: `query` and `form` (urlencoded body)
+    values are strings, `json` values are the members of a JSON object body, of any JSON type.
+    `body` is text when `body_encoding` is "utf-8", base64 otherwise; it holds at most the
+    proxy's body cap, `body_size` is the full size in bytes and `body_truncated` says whether
+    `body` holds less than that.
+    """
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    query: str
+    params: dict[str, list[Pair]]
+    http_version: str
+    headers: list[Pair]
+    body: str = ""
+    body_encoding: BodyEncoding = "utf-8"
+    body_size: int = 0
+    body_truncated: bool = False
+
+
+@dataclass(slots=True)
+class Response:
+    """The response as the client received it; body fields as in `Request`."""
+
+    status_code: int
+    reason: str
+    http_version: str
+    headers: list[Pair]
+    body: str = ""
+    body_encoding: BodyEncoding = "utf-8"
+    body_size: int = 0
+    body_truncated: bool = False
+
+
+@dataclass(slots=True)
+class CaptureRecord:
+    """One exchange. `response` is None and `error` says why when there was no response.
+
+    `id` is a UUIDv7 (time-ordered, unique); `started_at` is when the request's first byte
+    arrived and `ended_at` when the response's last byte left (or when the exchange failed),
+    both UTC with microseconds; `duration_ms` is the difference. `app` names the proxy listener
+    the request came in on. `client_ip` is the canonical text form of the client's address
+    (the peer, or the X-Forwarded-For client when the peer is a trusted proxy).
+    """
+
+    id: str
+    app: str
+    started_at: str
+    ended_at: str
+    duration_ms: float
+    client_ip: str
+    client_port: int
+    request: Request
+    response: Response | None = None
+    error: str | None = None
+    v: int = field(default=SCHEMA_VERSION)
+
+
+# --- bodies and text -----------------------------------------------------------------------
+
+
+def encode_body(data: bytes) -> tuple[str, BodyEncoding]:
+    """Body bytes as JSON-safe text: the text itself when valid UTF-8, else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def decode_body(text: str, encoding: str) -> bytes:
+    """The inverse of `encode_body`."""
+    if encoding == "utf-8":
+        return text.encode("utf-8")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error as e:
+            raise InvalidRecord(f"body is not valid base64: {e}") from None
+    raise InvalidRecord(f"unknown body encoding {encoding!r}")
+
+
+def wire_text(data: bytes) -> str:
+    """Header names and values, paths, query strings: UTF-8 where valid, else ISO-8859-1.
+
+    ISO-8859-1 maps every byte to one character, so nothing is lost and the original bytes are
+    `text.encode("latin-1")`; it is also what HTTP historically specified for header values.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def format_time(epoch_s: float) -> str:
+    """An epoch timestamp as ISO 8601 in UTC with microseconds, e.g. 2026-11-28T10:12:44.123456Z."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """The inverse of `format_time` (accepts any ISO 8601 time with a zone)."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise InvalidRecord(f"not an ISO 8601 time: {text!r}") from None
+    if parsed.tzinfo is None:
+        raise InvalidRecord(f"time without a zone: {text!r}")
+    return parsed
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical text form of an IP address, or None when `text` is not one.
+
+    IPv4-mapped IPv6 addresses (what a dual-stack socket reports for IPv4 peers) become the
+    IPv4 address, so one client has one spelling whatever socket it came in on.
+    """
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+# --- encode and decode ---------------------------------------------------------------------
+
+
+def encode(record: CaptureRecord) -> bytes:
+    """The record as JSON bytes (orjson serialises dataclasses natively, and fast)."""
+    return orjson.dumps(record)
+
+
+def decode(data: bytes | str) -> CaptureRecord:
+    """Bytes from the topic back into a validated record; raises `InvalidRecord` with a reason."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRecord(f"not JSON: {e}") from None
+    return from_dict(obj)
+
+
+def from_dict(obj: Any) -> CaptureRecord:
+    """A decoded JSON object into a validated record; raises `InvalidRecord` with a reason."""
+    if not isinstance(obj, dict):
+        raise InvalidRecord("a record is a JSON object")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise UnknownVersion(
+            f"unknown schema version {version!r} (this code reads {SCHEMA_VERSION})"
+        )
+    request = _message(obj, "request", _REQUEST_FIELDS, Request)
+    response = None if obj.get("response") is None else _message(
+        obj, "response", _RESPONSE_FIELDS, Response
+    )
+    record = CaptureRecord(
+        id=_get(obj, "id", str),
+        app=_get(obj, "app", str),
+        started_at=_get(obj, "started_at", str),
+        ended_at=_get(obj, "ended_at", str),
+        duration_ms=float(_get(obj, "duration_ms", (int, float))),
+        client_ip=_get(obj, "client_ip", str),
+        client_port=_get(obj, "client_port", int),
+        request=request,
+        response=response,
+        error=_get(obj, "error", (str, type(None)), required=False),
+    )
+    validate(record)
+    return record
+
+
+def validate(record: CaptureRecord) -> None:
+    """Checks the meaning of fields, beyond their types; raises `InvalidRecord`."""
+    if not record.id:
+        raise InvalidRecord("id is empty")
+    parse_time(record.started_at)
+    parse_time(record.ended_at)
+    if record.duration_ms < 0:
+        raise InvalidRecord(f"negative duration_ms {record.duration_ms}")
+    if record.response is None and not record.error:
+        raise InvalidRecord("a record without a response must say why in error")
+    if record.response is not None and not 100 <= record.response.status_code <= 999:
+        raise InvalidRecord(f"status code {record.response.status_code} is out of range")
+    for name, message in (("request", record.request), ("response", record.response)):
+        if message is None:
+            continue
+        if message.body_encoding not in ("utf-8", "base64"):
+            raise InvalidRecord(f"{name}.body_encoding {message.body_encoding!r} is unknown")
+        if message.body_size < 0:
+            raise InvalidRecord(f"{name}.body_size is negative")
+        for pair in message.headers:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(part, str) for part in pair
+            )):
+                raise InvalidRecord(f"{name}.headers holds {pair!r}, not a [name, value] pair")
+
+
+_REQUEST_FIELDS: dict[str, Any] = {
+    "method": str, "scheme": str, "host": str, "port": int, "path": str, "query": str,
+    "params": dict, "http_version": str, "headers": list, "body": str, "body_encoding": str,
+    "body_size": int, "body_truncated": bool,
+}
+_RESPONSE_FIELDS: dict[str, Any] = {
+    "status_code": int, "reason": str, "http_version": str, "headers": list, "body": str,
+    "body_encoding": str, "body_size": int, "body_truncated": bool,
+}
+
+
+def _message(obj: dict, name: str, fields: dict[str, Any], cls: type) -> Any:
+    part = obj.get(name)
+    if not isinstance(part, dict):
+        raise InvalidRecord(f"{name} is missing or not an object")
+    values = {key: _get(part, key, kind, where=name) for key, kind in fields.items()}
+    return cls(**values)
+
+
+def _get(obj: dict, key: str, kind: Any, *, required: bool = True, where: str = "") -> Any:
+    label = f"{where}.{key}" if where else key
+    if key not in obj:
+        if required:
+            raise InvalidRecord(f"{label} is missing")
+        return None
+    value = obj[key]
+    # bool is an int in Python; a JSON true is no port number.
+    if isinstance(value, bool) and kind is not bool:
+        raise InvalidRecord(f"{label} is a boolean")
+    if not isinstance(value, kind):
+        raise InvalidRecord(f"{label} has the wrong type ({type(value).__name__})")
+    return value

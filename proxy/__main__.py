@@ -1,0 +1,49 @@
+"""`python -m proxy`: mitmdump in reverse mode, one listener per route, with the capture addon.
+
+Extra arguments go to mitmdump as they are (for example `--set connection_strategy=lazy`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mitmproxy.tools.main import mitmdump
+
+from proxy.settings import ProxySettings, SettingsError
+
+ADDON = Path(__file__).with_name("addon.py")
+
+
+def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
+    args = []
+    for route in settings.routes:
+        args += ["--mode", route.mode]
+    return [
+        *args,
+        "--listen-host", settings.listen_host,
+        # The record keeps the headers the client sent; by default reverse mode rewrites Host
+        # to the upstream's before any hook sees it.
+        "--set", "keep_host_header=true",
+        # One line per flow on the terminal would cost more than the capture itself.
+        "--set", "flow_detail=0",
+        "-s", str(ADDON),
+        *extra,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = ProxySettings.from_env()
+    except SettingsError as e:
+        print(f"tapline proxy: {e}", file=sys.stderr)
+        return 2
+    for route in settings.routes:
+        print(f"tapline proxy: {route.app}: {settings.listen_host}:{route.port} -> "
+              f"{route.upstream}", file=sys.stderr, flush=True)
+    mitmdump(mitmdump_args(settings, sys.argv[1:] if argv is None else argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

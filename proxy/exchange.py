@@ -1,0 +1,253 @@
+"""From a mitmproxy flow to a capture record: the proxy's pure logic, no I/O.
+
+Kept apart from the addon so that each rule (body cap, client address, parameters) can be
+tested on its own with mitmproxy's test flows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable, Sequence
+from urllib.parse import parse_qsl
+
+import orjson
+import uuid6
+from mitmproxy import http
+from mitmproxy.net.http.http1.read import expected_http_body_size
+
+from capture import CaptureRecord, Request, Response, canonical_ip, encode_body, format_time
+from capture.record import wire_text
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REQUEST_TAP = "tapline.request_tap"
+RESPONSE_TAP = "tapline.response_tap"
+
+# parse_qsl stops here, so a request with a million parameters costs the proxy nothing much;
+# the raw query string and body are in the record whatever this says.
+MAX_PARAMS = 10_000
+
+
+class BodyTap:
+    """A mitmproxy stream callable that passes every chunk on and keeps the first `cap` bytes.
+
+    mitmproxy stores nothing of a streamed body, so this is how a body above the cap reaches
+    the other side in full while the proxy holds at most `cap` bytes of it.
+    """
+
+    __slots__ = ("cap", "head", "size")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.head = bytearray()
+        self.size = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        room = self.cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+        return chunk
+
+
+def needs_tap(message: http.Message, expected_size: int | None, cap: int) -> bool:
+    """Whether to stream a body through a `BodyTap` instead of letting mitmproxy buffer it.
+
+    Bodies of unknown size (chunked, read-until-close) are streamed, as are those over the cap
+    and those another option already chose to stream.
+    """
+    if message.stream:
+        return True
+    return expected_size is None or expected_size < 0 or expected_size > cap
+
+
+def tap_request(flow: http.HTTPFlow, cap: int) -> None:
+    """Called at `requestheaders`: stream the request body through a tap when needed."""
+    try:
+        size = expected_http_body_size(flow.request)
+    except ValueError:
+        size = None
+    if size != 0 and needs_tap(flow.request, size, cap):
+        tap = BodyTap(cap)
+        flow.request.stream = tap
+        flow.metadata[REQUEST_TAP] = tap
+
+
+def tap_response(flow: http.HTTPFlow, cap: int) -> None:
+    """Called at `responseheaders`: stream the response body through a tap when needed."""
+    assert flow.response is not None
+    try:
+        size = expected_http_body_size(flow.request, flow.response)
+    except ValueError:
+        size = None
+    if size != 0 and needs_tap(flow.response, size, cap):
+        tap = BodyTap(cap)
+        flow.response.stream = tap
+        flow.metadata[RESPONSE_TAP] = tap
+
+
+def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
+    """The body fields of a record: the wire bytes (up to the cap), full size, truncated flag."""
+    if tap is not None:
+        data, size = bytes(tap.head), tap.size
+    else:
+        raw = message.raw_content or b""
+        data, size = raw[:cap], len(raw)
+    text, encoding = encode_body(data)
+    return {
+        "body": text,
+        "body_encoding": encoding,
+        "body_size": size,
+        "body_truncated": len(data) < size,
+    }
+
+
+def parse_networks(spec: str) -> tuple[Network, ...]:
+    """A comma-separated list of CIDR networks (or single addresses); raises ValueError."""
+    networks = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part:
+            networks.append(ipaddress.ip_network(part, strict=False))
+    return tuple(networks)
+
+
+def _trusted(ip: str, trusted: Sequence[Network]) -> bool:
+    address = ipaddress.ip_address(ip)
+    return any(address in network for network in trusted)
+
+
+def client_address(
+    peer_ip: str, forwarded_for: Iterable[str], trusted: Sequence[Network]
+) -> str:
+    """The client's IP: the peer, unless the peer is a trusted proxy that says otherwise.
+
+    X-Forwarded-For is read from the right (the hop nearest to us) and each trusted hop is
+    skipped; the first untrusted address is the client. Anything that is not an IP address
+    ends the walk, and the last address known good is used: a garbage or forged entry can
+    never become the client IP.
+    """
+    client = canonical_ip(peer_ip) or peer_ip
+    if not trusted or canonical_ip(client) is None or not _trusted(client, trusted):
+        return client
+    hops = [hop for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        ip = canonical_ip(hop)
+        if ip is None:
+            break
+        client = ip
+        if not _trusted(ip, trusted):
+            break
+    return client
+
+
+def parse_params(query: str, content_type: str, body: bytes | None) -> dict[str, list]:
+    """Parameters by source: the query string, an urlencoded form body, a JSON object body.
+
+    Repeated names are kept as separate pairs. A body is parsed only when it is complete and
+    not content-encoded (`body` is None otherwise); one that does not parse adds nothing.
+    """
+    params: dict[str, list] = {
+        "query": _pairs(query),
+        "form": [],
+        "json": [],
+    }
+    if not body:
+        return params
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        params["form"] = _pairs(wire_text(body))
+    elif media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return params
+        if isinstance(value, dict):
+            params["json"] = [[name, member] for name, member in value.items()]
+    return params
+
+
+def _pairs(text: str) -> list[list[str]]:
+    if not text:
+        return []
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+    except ValueError:  # more than MAX_PARAMS fields
+        pairs = parse_qsl(
+            "&".join(text.split("&", MAX_PARAMS)[:MAX_PARAMS]), keep_blank_values=True
+        )
+    return [[name, value] for name, value in pairs]
+
+
+def build_record(
+    flow: http.HTTPFlow,
+    *,
+    app: str,
+    body_cap: int,
+    trusted: Sequence[Network] = (),
+) -> CaptureRecord:
+    """The capture record of a finished (or failed) exchange."""
+    request = flow.request
+    peer_ip, peer_port = flow.client_conn.peername[:2]
+    raw_path = request.data.path
+    path, _, query = raw_path.partition(b"?")
+    request_body = body_of(request, flow.metadata.get(REQUEST_TAP), body_cap)
+    complete = (
+        not request_body["body_truncated"]
+        and REQUEST_TAP not in flow.metadata
+        and "content-encoding" not in request.headers
+    )
+    query_text = wire_text(query)
+    record_request = Request(
+        method=wire_text(request.data.method),
+        scheme=request.scheme,
+        host=request.host_header or request.pretty_host,
+        port=request.port,
+        path=wire_text(path),
+        query=query_text,
+        params=parse_params(
+            query_text,
+            request.headers.get("content-type", ""),
+            (request.raw_content or b"") if complete else None,
+        ),
+        http_version=request.http_version,
+        headers=_headers(request.headers.fields),
+        **request_body,
+    )
+    response = flow.response
+    record_response = None
+    end = None
+    if response is not None:
+        # Kept even when the exchange failed half way (client gone mid-response): the status
+        # and the bytes that did pass are worth having, next to the error.
+        record_response = Response(
+            status_code=response.status_code,
+            reason=wire_text(response.data.reason),
+            http_version=response.http_version,
+            headers=_headers(response.headers.fields),
+            **body_of(response, flow.metadata.get(RESPONSE_TAP), body_cap),
+        )
+        end = response.timestamp_end
+    error = flow.error.msg if flow.error else None
+    if end is None:
+        end = flow.error.timestamp if flow.error else time.time()
+    start = request.timestamp_start
+    return CaptureRecord(
+        id=str(uuid6.uuid7()),
+        app=app,
+        started_at=format_time(start),
+        ended_at=format_time(end),
+        duration_ms=round(max(0.0, end - start) * 1000, 3),
+        client_ip=client_address(
+            peer_ip, request.headers.get_all("x-forwarded-for"), trusted
+        ),
+        client_port=int(peer_port),
+        request=record_request,
+        response=record_response,
+        error=error,
+    )
+
+
+def _headers(fields: Iterable[tuple[bytes, bytes]]) -> list[list[str]]:
+    return [[wire_text(name), wire_text(value)] for name, value in fields]

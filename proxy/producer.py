@@ -1,0 +1,253 @@
+"""Ships capture records to Kafka from a background task, so that no hook ever waits on Kafka.
+
+aiokafka's `send()` can wait up to `request_timeout_ms` for metadata or room in a batch, and
+with idempotence on it retries forever while the broker is down (aiokafka issue #1101). So a
+queue bounded in bytes sits between the hooks and the producer: `offer()` is synchronous and
+returns at once, and a record that does not fit is dropped and counted by reason.
+
+Accounting holds at every moment: captured == produced + dropped + queued + in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from proxy.metrics import ProxyMetrics
+from proxy.settings import ProxySettings
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_MS = 15_000
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class CaptureProducer:
+    """A bounded queue in front of an `AIOKafkaProducer` that (re)connects in the background."""
+
+    def __init__(self, settings: ProxySettings, metrics: ProxyMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.max_record_bytes = settings.max_record_bytes
+        self._queue: deque[tuple[bytes, bytes, float]] = deque()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._kafka: AIOKafkaProducer | None = None
+        self._closing = False
+        self._abandoned = False
+        self._last_drop_log = 0.0
+
+    # --- the hook side: synchronous, never waits -------------------------------------------
+
+    def offer(self, key: bytes, value: bytes) -> bool:
+        """Queue one encoded record; False (and counted) when it had to be dropped."""
+        if self._closing:
+            return self._drop("shutdown")
+        if len(value) > self.max_record_bytes:
+            return self._drop("oversized")
+        if self._queued_bytes + len(value) > self.settings.queue_max_bytes:
+            return self._drop("queue_full")
+        self._queue.append((key, value, time.monotonic()))
+        self._queued_bytes += len(value)
+        self._update_gauges()
+        self._wakeup.set()
+        return True
+
+    def drop(self, reason: str) -> None:
+        """Count a record the caller gave up on before offering it."""
+        self._drop(reason)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _drop(self, reason: str) -> bool:
+        self.metrics.dropped.labels(reason).inc()
+        now = time.monotonic()
+        if now - self._last_drop_log > DROP_LOG_INTERVAL_S:
+            self._last_drop_log = now
+            log.warning(
+                "dropping captures (%s); dropped so far: %d, queued: %d records, %d bytes",
+                reason, self.metrics.dropped_total(), len(self._queue), self._queued_bytes,
+            )
+        return False
+
+    def _update_gauges(self) -> None:
+        self.metrics.queue_records.set(len(self._queue))
+        self.metrics.queue_bytes.set(self._queued_bytes)
+        self.metrics.in_flight.set(self._in_flight)
+
+    # --- the background side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="capture-producer")
+
+    async def _run(self) -> None:
+        while True:
+            self._kafka = await self._connect()
+            await self._pump(self._kafka)
+
+    async def _connect(self) -> AIOKafkaProducer:
+        """Start a producer and make sure the topic exists, retrying until Kafka answers."""
+        attempt = 0
+        while True:
+            kafka = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all",
+                compression_type=self.settings.compression,
+                linger_ms=self.settings.linger_ms,
+                max_request_size=self.max_record_bytes,
+                request_timeout_ms=REQUEST_TIMEOUT_MS,
+                # Idempotence would retry forever while the broker is down; a record id is
+                # unique and the sinks write idempotently, so a rare duplicate is harmless.
+                enable_idempotence=False,
+            )
+            try:
+                await kafka.start()
+                await self._ensure_topic()
+            except (KafkaError, OSError) as e:
+                await kafka.stop()
+                self._count_error(e)
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if attempt == 0:
+                    log.warning("Kafka at %s is not reachable (%r); retrying",
+                                self.settings.kafka_bootstrap_servers, e)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            log.info("producing captures to %s on %s",
+                     self.settings.topic, self.settings.kafka_bootstrap_servers)
+            return kafka
+
+    async def _ensure_topic(self) -> None:
+        """Create the topic when absent; fit our record cap under the topic's message cap."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        )
+        await admin.start()
+        try:
+            topic = self.settings.topic
+            try:
+                await admin.create_topics([NewTopic(
+                    topic,
+                    num_partitions=self.settings.topic_partitions,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": str(self.settings.max_record_bytes)},
+                )])
+                log.info("created topic %s with %d partitions",
+                         topic, self.settings.topic_partitions)
+            except TopicAlreadyExistsError:
+                pass
+            limit = await _topic_max_message_bytes(admin, topic)
+            if limit is not None and limit < self.max_record_bytes:
+                log.warning("topic %s takes messages up to %d bytes; capping records there",
+                            topic, limit)
+                # Leave room for the batch framing around a single record.
+                self.max_record_bytes = max(1024, limit - 512)
+        finally:
+            await admin.close()
+
+    async def _pump(self, kafka: AIOKafkaProducer) -> None:
+        topic = self.settings.topic
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            key, value, queued_at = self._queue.popleft()
+            self._queued_bytes -= len(value)
+            self._in_flight += 1
+            self._update_gauges()
+            try:
+                future = await kafka.send(topic, value, key=key)
+            except KafkaError as e:
+                self._settle(queued_at, e)
+                continue
+            future.add_done_callback(
+                lambda f, queued_at=queued_at: self._settle(
+                    queued_at, None if f.cancelled() else f.exception(), cancelled=f.cancelled()
+                )
+            )
+
+    def _settle(
+        self, queued_at: float, error: BaseException | None, *, cancelled: bool = False
+    ) -> None:
+        if self._abandoned:  # already counted as dropped at shutdown
+            return
+        self._in_flight -= 1
+        if error is not None or cancelled:
+            if error is not None:
+                self._count_error(error)
+            self._drop("kafka_error")
+        else:
+            self.metrics.produced.inc()
+            self.metrics.produce_latency.observe(time.monotonic() - queued_at)
+        self._update_gauges()
+
+    def _count_error(self, error: BaseException) -> None:
+        self.metrics.kafka_errors.labels(type(error).__name__).inc()
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def close(self, timeout_s: float) -> dict[str, float]:
+        """Flush what can be flushed within `timeout_s`, then count the rest as dropped."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._queue or self._in_flight) and self._kafka is not None:
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._kafka is not None:
+            try:
+                await asyncio.wait_for(self._kafka.stop(), max(0.1, deadline - loop.time()))
+            except (TimeoutError, KafkaError) as e:
+                log.warning("Kafka producer did not stop cleanly: %r", e)
+        left = len(self._queue) + self._in_flight
+        self._abandoned = True
+        if left:
+            self.metrics.dropped.labels("shutdown").inc(left)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._update_gauges()
+        summary = {
+            "captured": self.metrics.value("tapline_proxy_captures_total"),
+            "produced": self.metrics.value("tapline_proxy_produced_total"),
+            "dropped": self.metrics.dropped_total(),
+            "dropped_at_shutdown": float(left),
+        }
+        log.info("capture producer stopped: %s", summary)
+        return summary
+
+
+async def _topic_max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    from aiokafka.admin import ConfigResource, ConfigResourceType
+
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, ["max.message.bytes"])]
+    )
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "max.message.bytes":
+                    return int(entry[1])
+    return None

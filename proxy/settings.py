@@ -1,0 +1,148 @@
+"""The proxy's settings, read from the environment in this one place.
+
+Every name here appears, with the same meaning, in the README's configuration table and in
+docker-compose.yml. Defaults suit one host: apps on 5100/5101 behind the proxy on 5000/5001.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.exchange import Network, parse_networks
+
+DEFAULT_ROUTES = "app_a=http://127.0.0.1:5100@5000,app_b=http://127.0.0.1:5101@5001"
+
+_ROUTE = re.compile(r"^(?P<app>[A-Za-z0-9_.-]+)=(?P<upstream>https?://[^@\s]+)@(?P<port>\d+)$")
+
+
+class SettingsError(ValueError):
+    """A setting with a value the proxy cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One reverse-proxy listener: clients reach `app` on `port`, which forwards to `upstream`."""
+
+    app: str
+    upstream: str
+    port: int
+
+    @property
+    def mode(self) -> str:
+        """The listener as a mitmproxy `--mode` spec."""
+        return f"reverse:{self.upstream}@{self.port}"
+
+
+def parse_routes(spec: str) -> tuple[Route, ...]:
+    """`name=URL@PORT,...` (mitmproxy's reverse-mode syntax with a name in front)."""
+    routes = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        match = _ROUTE.match(part)
+        if match is None:
+            raise SettingsError(
+                f"PROXY_ROUTES: {part!r} is not NAME=http://HOST:PORT@LISTEN_PORT"
+            )
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise SettingsError(f"PROXY_ROUTES: listen port {port} is out of range")
+        routes.append(Route(match["app"], match["upstream"].rstrip("/"), port))
+    if not routes:
+        raise SettingsError("PROXY_ROUTES names no route")
+    ports = [route.port for route in routes]
+    if len(set(ports)) != len(ports):
+        raise SettingsError(f"PROXY_ROUTES: a listen port is used twice ({spec})")
+    return tuple(routes)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Everything the proxy can be told. Sizes are bytes, times as their names say."""
+
+    routes: tuple[Route, ...]
+    listen_host: str
+    kafka_bootstrap_servers: str
+    topic: str
+    topic_partitions: int
+    max_record_bytes: int
+    body_max_bytes: int
+    queue_max_bytes: int
+    shutdown_timeout_s: float
+    linger_ms: int
+    compression: str | None
+    trusted_proxies: tuple[Network, ...]
+    metrics_host: str
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        compression = reader.text("KAFKA_COMPRESSION", "lz4")
+        if compression not in ("none", "gzip", "lz4", "zstd", "snappy"):
+            raise SettingsError(
+                f"KAFKA_COMPRESSION={compression!r}: use none, gzip, lz4, zstd or snappy"
+            )
+        try:
+            trusted = parse_networks(reader.text("PROXY_TRUSTED_PROXIES", ""))
+        except ValueError as e:
+            raise SettingsError(f"PROXY_TRUSTED_PROXIES: {e}") from None
+        settings = cls(
+            routes=parse_routes(reader.text("PROXY_ROUTES", DEFAULT_ROUTES)),
+            listen_host=reader.text("PROXY_LISTEN_HOST", "127.0.0.1"),
+            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            topic=reader.text("CAPTURE_TOPIC", "http-captures"),
+            topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1),
+            max_record_bytes=reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 << 20, minimum=64 << 10),
+            body_max_bytes=reader.integer("CAPTURE_BODY_MAX_BYTES", 1 << 20, minimum=0),
+            queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 << 20, minimum=1),
+            shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0),
+            linger_ms=reader.integer("KAFKA_LINGER_MS", 5, minimum=0),
+            compression=None if compression == "none" else compression,
+            trusted_proxies=trusted,
+            metrics_host=reader.text("PROXY_METRICS_HOST", "127.0.0.1"),
+            metrics_port=reader.integer("PROXY_METRICS_PORT", 9101, minimum=0),
+        )
+        if settings.queue_max_bytes < settings.max_record_bytes:
+            raise SettingsError(
+                "CAPTURE_QUEUE_MAX_BYTES must hold at least one record of "
+                f"CAPTURE_MAX_RECORD_BYTES ({settings.max_record_bytes})"
+            )
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self.env.get(name, default).strip()
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.env.get(name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if value < 0:
+            raise SettingsError(f"{name}={value} is negative")
+        return value

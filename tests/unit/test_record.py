@@ -1,0 +1,151 @@
+"""The capture record: encode/decode round trips and validation reasons."""
+
+import base64
+
+import orjson
+import pytest
+
+from capture import (
+    CaptureRecord,
+    InvalidRecord,
+    Request,
+    Response,
+    UnknownVersion,
+    canonical_ip,
+    decode,
+    decode_body,
+    encode,
+    encode_body,
+    format_time,
+    parse_time,
+    wire_text,
+)
+
+
+def make_record(**changes) -> CaptureRecord:
+    fields = dict(
+        id="0190c1f2-0000-7000-8000-000000000000",
+        app="app_a",
+        started_at="2026-11-28T10:00:00.000001Z",
+        ended_at="2026-11-28T10:00:00.002001Z",
+        duration_ms=2.0,
+        client_ip="192.0.2.7",
+        client_port=40000,
+        request=Request(
+            method="POST", scheme="http", host="127.0.0.1:5000", port=5100, path="/jobs",
+            query="a=1&a=2", params={"query": [["a", "1"], ["a", "2"]], "form": [], "json": []},
+            http_version="HTTP/1.1", headers=[["Authorization", "mytoken"], ["X-A", "1"],
+                                              ["x-a", "2"]],
+        ),
+        response=Response(
+            status_code=200, reason="OK", http_version="HTTP/1.1",
+            headers=[["Content-Type", "text/plain"]], body="Jobs:\n", body_size=6,
+        ),
+    )
+    fields.update(changes)
+    return CaptureRecord(**fields)
+
+
+def test_round_trip_keeps_every_field():
+    record = make_record()
+    assert decode(encode(record)) == record
+
+
+def test_failed_exchange_round_trips_without_response():
+    record = make_record(response=None, error="Connection refused")
+    again = decode(encode(record))
+    assert again.response is None
+    assert again.error == "Connection refused"
+
+
+def test_wire_form_is_plain_json_with_version():
+    obj = orjson.loads(encode(make_record()))
+    assert obj["v"] == 1
+    assert obj["request"]["headers"][0] == ["Authorization", "mytoken"]
+    assert obj["response"]["status_code"] == 200
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda o: o.pop("id"), "id is missing"),
+        (lambda o: o.update(v=2), "unknown schema version 2"),
+        (lambda o: o.pop("v"), "unknown schema version None"),
+        (lambda o: o.update(client_port="80"), "client_port has the wrong type"),
+        (lambda o: o.update(client_port=True), "client_port is a boolean"),
+        (lambda o: o.update(started_at="yesterday"), "not an ISO 8601 time"),
+        (lambda o: o.update(started_at="2026-11-28T10:00:00"), "time without a zone"),
+        (lambda o: o.update(duration_ms=-1), "negative duration_ms"),
+        (lambda o: o.update(request=[]), "request is missing or not an object"),
+        (lambda o: o["request"].pop("method"), "request.method is missing"),
+        (lambda o: o["response"].update(status_code=42), "status code 42 is out of range"),
+        (lambda o: o["response"].update(body_encoding="rot13"), "body_encoding 'rot13'"),
+        (lambda o: o["request"].update(headers=[["a"]]), "not a [name, value] pair"),
+        (lambda o: o.update(response=None), "without a response must say why"),
+    ],
+)
+def test_invalid_records_say_why(mutate, reason):
+    obj = orjson.loads(encode(make_record()))
+    mutate(obj)
+    with pytest.raises(InvalidRecord, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        decode(orjson.dumps(obj))
+
+
+def test_unknown_version_is_its_own_error():
+    obj = orjson.loads(encode(make_record()))
+    obj["v"] = 99
+    with pytest.raises(UnknownVersion):
+        decode(orjson.dumps(obj))
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b"", b'{"v": 1'])
+def test_bytes_that_are_not_a_record_object(data):
+    with pytest.raises(InvalidRecord):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [(b"", "utf-8"), (b"hello \xc3\xa9", "utf-8"), (b"\xff\xfe\x00binary", "base64")],
+)
+def test_bodies_round_trip_byte_for_byte(data, encoding):
+    text, used = encode_body(data)
+    assert used == encoding
+    assert decode_body(text, used) == data
+
+
+def test_base64_body_is_plain_base64():
+    assert encode_body(b"\x89PNG\xff") == (base64.b64encode(b"\x89PNG\xff").decode(), "base64")
+
+
+def test_bad_base64_is_an_invalid_record():
+    with pytest.raises(InvalidRecord, match="base64"):
+        decode_body("***", "base64")
+
+
+def test_wire_text_keeps_every_byte():
+    assert wire_text(b"caf\xc3\xa9") == "café"
+    raw = b"caf\xe9 \xff"
+    assert wire_text(raw).encode("latin-1") == raw
+
+
+def test_time_format_is_utc_microseconds():
+    text = format_time(1_700_000_000.123456)
+    assert text == "2023-11-14T22:13:20.123456Z"
+    assert parse_time(text).timestamp() == pytest.approx(1_700_000_000.123456)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("2001:DB8::0:1", "2001:db8::1"),
+        (" 192.0.2.1 ", "192.0.2.1"),
+        ("not-an-ip", None),
+        ("../../etc", None),
+        ("", None),
+    ],
+)
+def test_canonical_ip(text, canonical):
+    assert canonical_ip(text) == canonical

@@ -1,0 +1,120 @@
+"""`python -m stack kafka|postgres|s3|all [--workdir DIR]`: run services until Ctrl-C or SIGTERM.
+
+Standard output gets one `NAME=value` line per service, in the names stack.external reads
+(KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT, ...), so it can be pasted into a shell or an env file;
+progress and errors go to standard error. `python -m stack fetch` only downloads Kafka's jars,
+for CI to do early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from stack.errors import StackError
+from stack.external import DATABASE_VARIABLE, KAFKA_VARIABLE, S3_VARIABLE
+from stack.kafka import STACK_DIR, Kafka, kafka_libs
+from stack.postgres import Postgres
+from stack.s3 import DEFAULT_BUCKET, S3Server
+
+Service = Kafka | Postgres | S3Server
+DEFAULT_WORKDIR = STACK_DIR.parent / ".run" / "stack"
+ORDER = ("kafka", "postgres", "s3")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack",
+        description="Run Kafka, PostgreSQL and S3 (moto) on 127.0.0.1 until Ctrl-C or SIGTERM.",
+    )
+    parser.add_argument("what", choices=[*ORDER, "all", "fetch"],
+                        help="The service to run, all of them, or `fetch` to only download "
+                             "Kafka's jars.")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                        help="Folder for the services' data, settings and logs, one subfolder "
+                             "each; data is kept between runs (default: %(default)s).")
+    parser.add_argument("--kafka-port", type=int, help="Kafka's client port (default: a free one).")
+    parser.add_argument("--postgres-port", type=int,
+                        help="PostgreSQL's port (default: a free one).")
+    parser.add_argument("--s3-port", type=int, help="The S3 endpoint's port (default: a free one).")
+    parser.add_argument("--bucket", default=DEFAULT_BUCKET,
+                        help="The bucket created in S3 (default: %(default)s).")
+    return parser.parse_args(argv)
+
+
+def build(name: str, args: argparse.Namespace) -> tuple[Service, str, str]:
+    """The service called `name`, and the variable and value that tell clients where it is."""
+    workdir = args.workdir / name
+    if name == "kafka":
+        kafka = Kafka(workdir, args.kafka_port)
+        return kafka, KAFKA_VARIABLE, kafka.bootstrap_servers
+    if name == "postgres":
+        postgres = Postgres(workdir, args.postgres_port)
+        return postgres, DATABASE_VARIABLE, postgres.dsn
+    s3 = S3Server(workdir, args.s3_port, bucket=args.bucket)
+    return s3, S3_VARIABLE, s3.endpoint_url
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # ends the run through the `finally` that stops every service
+
+
+def run(args: argparse.Namespace) -> int:
+    names = ORDER if args.what == "all" else (args.what,)
+    started: list[Service] = []
+    # Also SIGINT: a shell starts background jobs with it ignored, and Python keeps it so.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for name in names:
+            service, variable, value = build(name, args)
+            started.append(service)
+            began = time.monotonic()
+            service.start()
+            print(f"stack: {service.name} is ready after {time.monotonic() - began:.1f} s "
+                  f"(log: {service.log_path})", file=sys.stderr, flush=True)
+            print(f"{variable}={value}", flush=True)
+        print("stack: running; Ctrl-C or SIGTERM stops everything", file=sys.stderr, flush=True)
+        while all(service.running for service in started):
+            time.sleep(2)
+        gone = next(service for service in started if not service.running)
+        print(f"stack: error: {gone.name} stopped by itself; see {gone.log_path}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except StackError as error:
+        print(f"stack: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave a broker behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for service in reversed(started):
+            try:
+                service.stop()
+            except StackError as error:
+                print(f"stack: error while stopping {service.name}: {error}", file=sys.stderr)
+        if started:
+            print("stack: stopped", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.what == "fetch":
+        try:
+            print(kafka_libs())
+        except StackError as error:
+            print(f"stack: error: {error}", file=sys.stderr)
+            return 1
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ Extra arguments go to mitmdump as they are (for example `--set connection_strate
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     for route in settings.routes:
         print(f"tapline proxy: {route.app}: {settings.listen_host}:{route.port} -> "
               f"{route.upstream}", file=sys.stderr, flush=True)
+    # mitmproxy logs every connection at info: at thousands of requests a second that costs
+    # more than the capture does. Connection errors still show, as warnings.
+    if not settings.log_connections:
+        logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     mitmdump(mitmdump_args(settings, sys.argv[1:] if argv is None else argv))
     return 0
 

@@ -17,6 +17,7 @@ from collections import deque
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from proxy.metrics import ProxyMetrics
@@ -99,8 +100,18 @@ class CaptureProducer:
 
     async def _run(self) -> None:
         while True:
-            self._kafka = await self._connect()
-            await self._pump(self._kafka)
+            try:
+                self._kafka = await self._connect()
+                await self._pump(self._kafka)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Whatever went wrong, the producer must not die and leave the queue to fill.
+                log.exception("capture producer failed; reconnecting")
+                if self._kafka is not None:
+                    kafka, self._kafka = self._kafka, None
+                    await kafka.stop()
+                await asyncio.sleep(RETRY_BACKOFF_S[-1])
 
     async def _connect(self) -> AIOKafkaProducer:
         """Start a producer and make sure the topic exists, retrying until Kafka answers."""
@@ -240,10 +251,8 @@ class CaptureProducer:
 
 
 async def _topic_max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
-    from aiokafka.admin import ConfigResource, ConfigResourceType
-
     responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, ["max.message.bytes"])]
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
     )
     for response in responses:
         for resource in response.resources:

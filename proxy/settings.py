@@ -78,6 +78,7 @@ class ProxySettings:
     trusted_proxies: tuple[Network, ...]
     metrics_host: str
     metrics_port: int
+    log_connections: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
@@ -107,6 +108,7 @@ class ProxySettings:
             trusted_proxies=trusted,
             metrics_host=reader.text("PROXY_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("PROXY_METRICS_PORT", 9101, minimum=0),
+            log_connections=reader.flag("PROXY_LOG_CONNECTIONS", False),
         )
         if settings.queue_max_bytes < settings.max_record_bytes:
             raise SettingsError(
@@ -134,6 +136,16 @@ class _Reader:
         if value < minimum:
             raise SettingsError(f"{name}={value} is below the minimum {minimum}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r}: use true or false")
 
     def number(self, name: str, default: float) -> float:
         raw = self.env.get(name)

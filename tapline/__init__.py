@@ -1,0 +1,1 @@
+"""tapline's command line: thin, on top of the other packages."""

@@ -1,0 +1,119 @@
+"""Helpers for tests that run real processes and read real topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+from aiokafka import AIOKafkaConsumer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class Process:
+    """A subprocess with its output in a log file, stopped with SIGTERM (SIGKILL if it hangs)."""
+
+    def __init__(self, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None):
+        self.cmd = list(cmd)
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *ports: int, timeout: float = 30.0) -> Process:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        for port in ports:
+            wait_for_port(port, self.proc, self.log, timeout)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text endpoint, by its name and labels as written."""
+    samples = {}
+    for line in requests.get(url, timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            samples[sample] = float(value)
+    return samples
+
+
+def sample(samples: dict[str, float], name: str, **labels: str) -> float:
+    key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+                  if labels else "")
+    return samples.get(key, 0.0)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample from a Prometheus text endpoint (0 when absent)."""
+    return sample(scrape(url), name, **labels)
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[tuple[bytes, bytes]]:
+    """Every message of `topic` from the start: waits for `expect` of them, then `settle`
+    seconds more, so that a duplicate arriving late is seen too."""
+    return asyncio.run(_read_topic(bootstrap, topic, expect, timeout, settle))
+
+
+async def _read_topic(bootstrap, topic, expect, timeout, settle):
+    # No group: the consumer takes every partition and starts at the oldest record.
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        messages: list[tuple[bytes, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        settle_until = None
+        while loop.time() < (settle_until or deadline):
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                messages += [(r.key, r.value) for r in records]
+            if settle_until is None and len(messages) >= expect:
+                settle_until = loop.time() + settle
+        return messages
+    finally:
+        await consumer.stop()

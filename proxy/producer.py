@@ -26,6 +26,15 @@ from proxy.settings import ProxySettings
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_MS = 15_000
+
+
+def message_limit(max_record_bytes: int) -> int:
+    """The topic's max.message.bytes and the producer's max_request_size for a record cap.
+
+    Kafka checks the whole batch as written (framing, key, and compression, which can grow an
+    incompressible record slightly), so both limits sit a little above the record cap.
+    """
+    return max_record_bytes + max_record_bytes // 64 + 4096
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 DROP_LOG_INTERVAL_S = 10.0
 
@@ -122,7 +131,7 @@ class CaptureProducer:
                 acks="all",
                 compression_type=self.settings.compression,
                 linger_ms=self.settings.linger_ms,
-                max_request_size=self.max_record_bytes,
+                max_request_size=message_limit(self.max_record_bytes),
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
                 # Idempotence would retry forever while the broker is down; a record id is
                 # unique and the sinks write idempotently, so a rare duplicate is harmless.
@@ -159,18 +168,19 @@ class CaptureProducer:
                     topic,
                     num_partitions=self.settings.topic_partitions,
                     replication_factor=1,
-                    topic_configs={"max.message.bytes": str(self.settings.max_record_bytes)},
+                    topic_configs={
+                        "max.message.bytes": str(message_limit(self.settings.max_record_bytes))
+                    },
                 )])
                 log.info("created topic %s with %d partitions",
                          topic, self.settings.topic_partitions)
             except TopicAlreadyExistsError:
                 pass
             limit = await _topic_max_message_bytes(admin, topic)
-            if limit is not None and limit < self.max_record_bytes:
-                log.warning("topic %s takes messages up to %d bytes; capping records there",
-                            topic, limit)
-                # Leave room for the batch framing around a single record.
-                self.max_record_bytes = max(1024, limit - 512)
+            if limit is not None and limit < message_limit(self.max_record_bytes):
+                self.max_record_bytes = max(1024, (limit - 4096) * 64 // 65)
+                log.warning("topic %s takes messages up to %d bytes; records are capped at %d",
+                            topic, limit, self.max_record_bytes)
         finally:
             await admin.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 
@@ -147,3 +148,20 @@ def test_the_seeds_ab_command_is_captured_one_to_one(pipeline):
     assert {r.response.body for r in jobs} == {JOBS}
     assert {r.response.body for r in auth} == {"density"}
     assert all(["Authorization", "mytoken"] in r.request.headers for r in jobs)
+
+
+def test_a_record_over_the_topic_cap_is_cut_to_fit_and_delivered(kafka, tmp_path):
+    # Random bytes do not compress: the record's size on the wire is what Kafka checks.
+    upload = os.urandom(400_000)
+    for small in start_pipeline(tmp_path, kafka.bootstrap_servers,
+                                CAPTURE_MAX_RECORD_BYTES=str(128 * 1024),
+                                CAPTURE_QUEUE_MAX_BYTES=str(1 << 20)):
+        answer = requests.post(small.echo + "/upload", data=upload, timeout=30)
+        assert answer.text == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
+        (message,) = read_topic(small.bootstrap, small.topic, expect=1)
+        record = decode(message[1])
+        assert len(message[1]) <= 128 * 1024
+        assert (record.request.body_size, record.request.body_truncated) == (400_000, True)
+        kept = decode_body(record.request.body, record.request.body_encoding)
+        assert kept and upload.startswith(kept)
+        assert metric(small.metrics, "tapline_proxy_produced_total") == 1

@@ -36,9 +36,9 @@ proxy: $(STAMP)
 
 # The two sample apps behind the proxy's default ports, in the foreground.
 apps: $(STAMP)
-	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5101 apps.app_b:app & \
-	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5100 apps.app_a:app; \
-	kill %1
+	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5101 apps.app_b:app & pid=$$!; \
+	trap 'kill $$pid' EXIT INT TERM; \
+	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5100 apps.app_a:app
 
 clean:
 	rm -rf $(VENV) .cache .run .pytest_cache .ruff_cache *.egg-info

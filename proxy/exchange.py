@@ -64,27 +64,30 @@ def needs_tap(message: http.Message, expected_size: int | None, cap: int) -> boo
 
 def tap_request(flow: http.HTTPFlow, cap: int) -> None:
     """Called at `requestheaders`: stream the request body through a tap when needed."""
-    try:
-        size = expected_http_body_size(flow.request)
-    except ValueError:
-        size = None
-    if size != 0 and needs_tap(flow.request, size, cap):
-        tap = BodyTap(cap)
-        flow.request.stream = tap
-        flow.metadata[REQUEST_TAP] = tap
+    _tap(flow, flow.request, None, REQUEST_TAP, cap)
 
 
 def tap_response(flow: http.HTTPFlow, cap: int) -> None:
     """Called at `responseheaders`: stream the response body through a tap when needed."""
     assert flow.response is not None
+    _tap(flow, flow.response, flow.response, RESPONSE_TAP, cap)
+
+
+def _tap(
+    flow: http.HTTPFlow,
+    message: http.Message,
+    response: http.Response | None,
+    key: str,
+    cap: int,
+) -> None:
     try:
-        size = expected_http_body_size(flow.request, flow.response)
-    except ValueError:
+        size = expected_http_body_size(flow.request, response)
+    except ValueError:  # a malformed Content-Length: size unknown
         size = None
-    if size != 0 and needs_tap(flow.response, size, cap):
+    if size != 0 and needs_tap(message, size, cap):
         tap = BodyTap(cap)
-        flow.response.stream = tap
-        flow.metadata[RESPONSE_TAP] = tap
+        message.stream = tap
+        flow.metadata[key] = tap
 
 
 def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:

@@ -16,25 +16,14 @@ import time
 from collections import deque
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from proxy.metrics import ProxyMetrics
 from proxy.settings import ProxySettings
+from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, record_cap
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_MS = 15_000
-
-
-def message_limit(max_record_bytes: int) -> int:
-    """The topic's max.message.bytes and the producer's max_request_size for a record cap.
-
-    Kafka checks the whole batch as written (framing, key, and compression, which can grow an
-    incompressible record slightly), so both limits sit a little above the record cap.
-    """
-    return max_record_bytes + max_record_bytes // 64 + 4096
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 DROP_LOG_INTERVAL_S = 10.0
 
@@ -156,33 +145,16 @@ class CaptureProducer:
 
     async def _ensure_topic(self) -> None:
         """Create the topic when absent; fit our record cap under the topic's message cap."""
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        limit = await ensure_topic(
+            self.settings.kafka_bootstrap_servers,
+            self.settings.topic,
+            partitions=self.settings.topic_partitions,
+            max_record_bytes=self.settings.max_record_bytes,
         )
-        await admin.start()
-        try:
-            topic = self.settings.topic
-            try:
-                await admin.create_topics([NewTopic(
-                    topic,
-                    num_partitions=self.settings.topic_partitions,
-                    replication_factor=1,
-                    topic_configs={
-                        "max.message.bytes": str(message_limit(self.settings.max_record_bytes))
-                    },
-                )])
-                log.info("created topic %s with %d partitions",
-                         topic, self.settings.topic_partitions)
-            except TopicAlreadyExistsError:
-                pass
-            limit = await _topic_max_message_bytes(admin, topic)
-            if limit is not None and limit < message_limit(self.max_record_bytes):
-                self.max_record_bytes = max(1024, (limit - 4096) * 64 // 65)
-                log.warning("topic %s takes messages up to %d bytes; records are capped at %d",
-                            topic, limit, self.max_record_bytes)
-        finally:
-            await admin.close()
+        if limit is not None and limit < message_limit(self.max_record_bytes):
+            self.max_record_bytes = record_cap(limit)
+            log.warning("topic %s takes messages up to %d bytes; records are capped at %d",
+                        self.settings.topic, limit, self.max_record_bytes)
 
     async def _pump(self, kafka: AIOKafkaProducer) -> None:
         topic = self.settings.topic
@@ -258,15 +230,3 @@ class CaptureProducer:
         }
         log.info("capture producer stopped: %s", summary)
         return summary
-
-
-async def _topic_max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
-    responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
-    )
-    for response in responses:
-        for resource in response.resources:
-            for entry in resource[4]:
-                if entry[0] == "max.message.bytes":
-                    return int(entry[1])
-    return None

@@ -11,15 +11,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from config import EnvReader, SettingsError
 from proxy.exchange import Network, parse_networks
+
+__all__ = ["DEFAULT_ROUTES", "ProxySettings", "Route", "SettingsError", "parse_routes"]
 
 DEFAULT_ROUTES = "app_a=http://127.0.0.1:5100@5000,app_b=http://127.0.0.1:5101@5001"
 
 _ROUTE = re.compile(r"^(?P<app>[A-Za-z0-9_.-]+)=(?P<upstream>https?://[^@\s]+)@(?P<port>\d+)$")
-
-
-class SettingsError(ValueError):
-    """A setting with a value the proxy cannot use; the message names the variable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +82,7 @@ class ProxySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
         env = os.environ if env is None else env
-        reader = _Reader(env)
+        reader = EnvReader(env)
         compression = reader.text("KAFKA_COMPRESSION", "lz4")
         if compression not in ("none", "gzip", "lz4", "zstd", "snappy"):
             raise SettingsError(
@@ -116,45 +115,3 @@ class ProxySettings:
                 f"CAPTURE_MAX_RECORD_BYTES ({settings.max_record_bytes})"
             )
         return settings
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def text(self, name: str, default: str) -> str:
-        return self.env.get(name, default).strip()
-
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        raw = self.env.get(name)
-        if raw is None or not raw.strip():
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-        if value < minimum:
-            raise SettingsError(f"{name}={value} is below the minimum {minimum}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.env.get(name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{name}={raw!r}: use true or false")
-
-    def number(self, name: str, default: float) -> float:
-        raw = self.env.get(name)
-        if raw is None or not raw.strip():
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
-        if value < 0:
-            raise SettingsError(f"{name}={value} is negative")
-        return value

@@ -1,0 +1,63 @@
+"""The Kafka topics tapline uses, made and checked the same way by the proxy and the sinks."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_MS = 15_000
+
+
+def message_limit(max_record_bytes: int) -> int:
+    """The topic's max.message.bytes and the producer's max_request_size for a record cap.
+
+    Kafka checks the whole batch as written (framing, key, and compression, which can grow an
+    incompressible record slightly), so both limits sit a little above the record cap.
+    """
+    return max_record_bytes + max_record_bytes // 64 + 4096
+
+
+def record_cap(limit: int) -> int:
+    """The inverse of `message_limit`: the largest record cap that fits under `limit`."""
+    return max(1024, (limit - 4096) * 64 // 65)
+
+
+async def ensure_topic(
+    bootstrap_servers: str, topic: str, *, partitions: int, max_record_bytes: int
+) -> int | None:
+    """Create `topic` when absent; return its max.message.bytes (None if Kafka does not say)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+    await admin.start()
+    try:
+        try:
+            await admin.create_topics([NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(message_limit(max_record_bytes))},
+            )])
+            log.info("created topic %s with %d partitions", topic, partitions)
+        except TopicAlreadyExistsError:
+            pass
+        return await _max_message_bytes(admin, topic)
+    finally:
+        await admin.close()
+
+
+async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})]
+    )
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "max.message.bytes":
+                    return int(entry[1])
+    return None

@@ -1,0 +1,60 @@
+"""`python -m sinks timescale|lake`: run one sink until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from config import SettingsError
+from sinks.loop import ConsumerLoop, Sink
+from sinks.metrics import SinkMetrics
+from sinks.settings import SINKS, LoopSettings, TimescaleSettings
+
+
+def make_sink(name: str) -> Sink:
+    if name == "timescale":
+        from sinks.timescale import TimescaleSink
+
+        return TimescaleSink(TimescaleSettings.from_env())
+    from sinks.lake import LakeSettings, LakeSink
+
+    return LakeSink(LakeSettings.from_env())
+
+
+async def run(name: str) -> None:
+    settings = LoopSettings.from_env(name)
+    sink = make_sink(name)
+    metrics = SinkMetrics(name)
+    metrics.serve(settings.metrics_host, settings.metrics_port)
+    loop = ConsumerLoop(sink, settings, metrics)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, loop.stop)
+    try:
+        await loop.run()
+    finally:
+        metrics.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in SINKS:
+        print(f"usage: python -m sinks {{{','.join(SINKS)}}}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run(argv[0]))
+    except SettingsError as e:
+        print(f"tapline sink: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

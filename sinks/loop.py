@@ -1,0 +1,312 @@
+"""The consumer loop both sinks stand on: a consumer group, batches, commits, dead letters.
+
+Delivery is at least once: offsets are committed only after everything before them is
+durably written (or dead-lettered), and the sinks make that exactly once in effect by writing
+idempotently. Failure policy, in order:
+
+- a record that can never be written (not JSON, unknown version, invalid fields, or refused by
+  the store as data) goes to the dead-letter topic with its reason and original bytes;
+- any other write error is taken as transient (store down, connection reset): the batch is
+  retried with backoff and the offsets do not move; the sink never skips data to stay alive;
+- on SIGTERM/SIGINT the pending batch gets one try to finish; if it cannot, it is abandoned
+  uncommitted and re-read on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+
+from capture import InvalidRecord
+from sinks.metrics import SinkMetrics
+from sinks.settings import LoopSettings
+from topics import ensure_topic, message_limit
+
+log = logging.getLogger(__name__)
+
+
+class PermanentWriteError(Exception):
+    """The store refused the data itself: retrying the same items cannot succeed."""
+
+
+@dataclass(slots=True)
+class Item:
+    """One consumed record, prepared for its sink."""
+
+    message: ConsumerRecord
+    prepared: Any
+
+
+class Sink(ABC):
+    """What a sink supplies to the loop. `prepare` is pure and runs as each record arrives
+    (decode, use, drop); `write` makes a batch durable or raises."""
+
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect, migrate: whatever must happen before the first write."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @abstractmethod
+    def prepare(self, message: ConsumerRecord) -> Any:
+        """The record in the form `write` wants; raises InvalidRecord for a poison record."""
+
+    @abstractmethod
+    async def write(self, items: Sequence[Item]) -> None:
+        """Write durably; PermanentWriteError when the data is refused, anything else is
+        taken as transient."""
+
+
+@dataclass
+class _Pending:
+    items: list[Item] = field(default_factory=list)
+    dead: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+    nbytes: int = 0
+    since: float = 0.0
+    last_offset: int = -1
+
+    def __bool__(self) -> bool:
+        return self.last_offset >= 0
+
+
+class Stopping(Exception):
+    """Raised inside a retry when the loop was asked to stop."""
+
+
+class ConsumerLoop:
+    def __init__(self, sink: Sink, settings: LoopSettings, metrics: SinkMetrics) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.metrics = metrics
+        self.stopping = asyncio.Event()
+        self._pending: dict[TopicPartition, _Pending] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._summary = {"batches": 0, "written": 0, "dead_lettered": 0}
+        self._last_summary = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Consume until `stop()`; returns after a clean shutdown."""
+        s = self.settings
+        await self._with_retry("connect to Kafka", self._connect)
+        await self._with_retry("start the sink", self.sink.start)
+        consumer = self._consumer
+        assert consumer is not None
+        log.info("%s sink consuming %s as group %s", self.sink.name, s.topic, s.group_id)
+        try:
+            while not self.stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=s.poll_timeout_ms, max_records=s.batch_max_records
+                )
+                for tp, messages in batches.items():
+                    self._add(tp, messages)
+                await self._flush(self._due())
+                self._log_summary()
+            # One try to finish what is pending; what fails is re-read on the next start.
+            with contextlib.suppress(Stopping):
+                await self._flush(list(self._pending), final=True)
+        finally:
+            await self._shutdown()
+
+    # --- connecting ------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        s = self.settings
+        await ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, partitions=1,
+                           max_record_bytes=s.max_record_bytes)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
+            max_request_size=message_limit(s.max_record_bytes) + 4096,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=message_limit(s.max_record_bytes),
+            fetch_max_bytes=max(64 << 20, message_limit(s.max_record_bytes)),
+        )
+        try:
+            await producer.start()
+            await consumer.start()
+        except BaseException:
+            await producer.stop()
+            await consumer.stop()
+            raise
+        consumer.subscribe([s.topic], listener=_Listener(self))
+        self._producer, self._consumer = producer, consumer
+
+    async def _shutdown(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self.sink.close()
+        self._log_summary(force=True)
+
+    # --- batching --------------------------------------------------------------------------
+
+    def _add(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
+        pending = self._pending.setdefault(tp, _Pending())
+        if not pending:
+            pending.since = time.monotonic()
+        for message in messages:
+            self.metrics.consumed.inc()
+            try:
+                pending.items.append(Item(message, self.sink.prepare(message)))
+            except InvalidRecord as e:
+                pending.dead.append((message, f"invalid record: {e}"))
+            pending.nbytes += len(message.value or b"")
+            pending.last_offset = message.offset
+
+    def _due(self) -> list[TopicPartition]:
+        s = self.settings
+        now = time.monotonic()
+        return [
+            tp for tp, p in self._pending.items()
+            if p and (len(p.items) + len(p.dead) >= s.batch_max_records
+                      or p.nbytes >= s.batch_max_bytes
+                      or (now - p.since) * 1000 >= s.batch_max_age_ms)
+        ]
+
+    async def _flush(self, partitions: list[TopicPartition], *, final: bool = False) -> None:
+        """Write, dead-letter and commit the pending batches of these partitions."""
+        async with self._lock:
+            taken = {tp: self._pending.pop(tp) for tp in partitions if self._pending.get(tp)}
+            if not taken:
+                return
+            started = time.monotonic()
+            items = [item for p in taken.values() for item in p.items]
+            dead = [d for p in taken.values() for d in p.dead]
+            try:
+                refused = await self._write(items, final=final) if items else []
+                dead += refused
+                if dead:
+                    await self._with_retry("send dead letters", self._send_dead, dead,
+                                           final=final)
+            except Stopping:
+                log.warning("abandoning a batch of %d records uncommitted", len(items))
+                raise
+            await self._commit({tp: p.last_offset + 1 for tp, p in taken.items()})
+            written = len(items) - len(refused)
+            self.metrics.written.inc(written)
+            self.metrics.dead_lettered.inc(len(dead))
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+            self._summary["batches"] += 1
+            self._summary["dead_lettered"] += len(dead)
+            self._summary["written"] += written
+            log.debug("%s: wrote %d records, %d dead letters, in %.3f s", self.sink.name,
+                      written, len(dead), time.monotonic() - started)
+            self._update_lag(taken)
+
+    async def _write(self, items: list[Item], *, final: bool) -> list[tuple[ConsumerRecord, str]]:
+        """Write items; split a refused batch to find the records the store refuses."""
+        try:
+            await self._with_retry("write", self.sink.write, items, final=final,
+                                   permanent=PermanentWriteError)
+            return []
+        except PermanentWriteError as e:
+            if len(items) == 1:
+                return [(items[0].message, f"refused by {self.sink.name}: {e}")]
+        middle = len(items) // 2
+        return (await self._write(items[:middle], final=final)
+                + await self._write(items[middle:], final=final))
+
+    async def _with_retry(self, what: str, fn, *args, final: bool = False,
+                          permanent: type[Exception] | None = None) -> Any:
+        delay = 0.1
+        while True:
+            try:
+                return await fn(*args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if permanent is not None and isinstance(e, permanent):
+                    raise
+                if final or self.stopping.is_set():
+                    raise Stopping from e
+                self.metrics.retries.inc()
+                log.warning("%s: could not %s (%s); retrying in %.1f s",
+                            self.sink.name, what, e, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, self.settings.retry_max_backoff_s)
+
+    async def _send_dead(self, dead: list[tuple[ConsumerRecord, str]]) -> None:
+        assert self._producer is not None
+        futures = []
+        for message, reason in dead:
+            headers = [
+                ("reason", reason.encode("utf-8", "replace")),
+                ("sink", self.sink.name.encode()),
+                ("source_topic", message.topic.encode()),
+                ("source_partition", str(message.partition).encode()),
+                ("source_offset", str(message.offset).encode()),
+            ]
+            futures.append(await self._producer.send(
+                self.settings.dlq_topic, message.value or b"", key=message.key, headers=headers))
+        await asyncio.gather(*futures)
+        for message, reason in dead:
+            log.warning("%s: dead-lettered %s[%d]@%d: %s", self.sink.name, message.topic,
+                        message.partition, message.offset, reason)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(
+                {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+        except (CommitFailedError, KafkaError) as e:
+            # The group moved on (a rebalance): the new owner re-reads from the last commit,
+            # and idempotent writes make the repeat harmless.
+            log.warning("%s: commit failed (%s); the records will be read again",
+                        self.sink.name, e)
+
+    def _update_lag(self, taken: dict[TopicPartition, _Pending]) -> None:
+        assert self._consumer is not None
+        for tp, pending in taken.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag(tp.partition, max(0, highwater - pending.last_offset - 1))
+
+    def _log_summary(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_summary >= 60:
+            log.info("%s: %d batches, %d records written, %d dead-lettered", self.sink.name,
+                     self._summary["batches"], self._summary["written"],
+                     self._summary["dead_lettered"])
+            self._last_summary = now
+
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        """Partitions leave this consumer: commit what is done for them, first."""
+        with contextlib.suppress(Stopping):
+            await self._flush([tp for tp in revoked if tp in self._pending], final=True)
+        for tp in revoked:
+            self._pending.pop(tp, None)  # not written: the new owner reads them again
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.loop.revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        log.info("%s: assigned %s", self.loop.sink.name,
+                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))

@@ -1,0 +1,116 @@
+"""A capture record as an `http_requests` row: pure, no I/O.
+
+PostgreSQL's text and jsonb cannot hold the NUL character, which a record may (header values,
+JSON bodies): in text columns it becomes U+FFFD, and a body holding it is stored as base64,
+losslessly. The lake keeps every record untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from capture import CaptureRecord, canonical_ip
+
+COLUMNS = (
+    "time", "capture_id", "app", "client_ip", "client_port", "method", "scheme", "host",
+    "path", "query", "params", "status_code", "reason", "http_version", "duration_ms",
+    "ended_at", "request_size", "response_size", "user_agent", "error", "request_headers",
+    "response_headers", "request_body", "request_body_encoding", "request_body_truncated",
+    "response_body", "response_body_encoding", "response_body_truncated",
+)
+
+
+def row_of(record: CaptureRecord, body_max_bytes: int) -> tuple:
+    """The `http_requests` row of a record, in COLUMNS order."""
+    request, response = record.request, record.response
+    request_body = cut_body(request.body, request.body_encoding, body_max_bytes)
+    if response is not None:
+        response_body = cut_body(response.body, response.body_encoding, body_max_bytes)
+    else:
+        response_body = (None, None, False)
+    return (
+        datetime.fromisoformat(record.started_at),
+        record.id,
+        _text(record.app),
+        canonical_ip(record.client_ip),
+        record.client_port,
+        _text(request.method),
+        _text(request.scheme),
+        _text(request.host),
+        _text(request.path),
+        _text(request.query),
+        jsonb(merged_params(request.params)),
+        response.status_code if response else None,
+        _text(response.reason) if response else None,
+        _text(request.http_version),
+        record.duration_ms,
+        datetime.fromisoformat(record.ended_at),
+        request.body_size,
+        response.body_size if response else None,
+        _text(header(request.headers, "user-agent")),
+        _text(record.error),
+        jsonb(request.headers),
+        jsonb(response.headers) if response else None,
+        request_body[0],
+        request_body[1],
+        request.body_truncated or request_body[2],
+        response_body[0],
+        response_body[1],
+        bool(response and response.body_truncated) or response_body[2],
+    )
+
+
+def merged_params(params: dict[str, list]) -> dict[str, Any]:
+    """Query, form and JSON parameters as one object: a value per name, a list when repeated."""
+    merged: dict[str, Any] = {}
+    repeated: set[str] = set()
+    for source in ("query", "form", "json"):
+        for name, value in params.get(source, ()):
+            if name not in merged:
+                merged[name] = value
+            elif name in repeated:
+                merged[name].append(value)
+            else:
+                merged[name] = [merged[name], value]
+                repeated.add(name)
+    return merged
+
+
+def header(headers: list[list[str]], name: str) -> str | None:
+    """The first value of a header, by case-insensitive name."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def cut_body(text: str, encoding: str, max_bytes: int) -> tuple[str, str, bool]:
+    """A body for a text column: at most `max_bytes` of it, and whether it was cut."""
+    if encoding == "utf-8" and "\x00" in text:
+        text, encoding = base64.b64encode(text.encode("utf-8")).decode("ascii"), "base64"
+    if encoding == "base64":
+        limit = max_bytes // 3 * 4  # whole base64 quanta: the kept part still decodes
+        return (text, encoding, False) if len(text) <= limit else (text[:limit], encoding, True)
+    if len(text) * 4 <= max_bytes:  # cannot be over, whatever the characters
+        return text, encoding, False
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text, encoding, False
+    return raw[:max_bytes].decode("utf-8", "ignore"), encoding, True
+
+
+def jsonb(value: Any) -> str:
+    data = orjson.dumps(value)
+    if b"\\u0000" in data:
+        data = data.replace(b"\\u0000", b"\\ufffd")
+    return data.decode("utf-8")
+
+
+def _text(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value

@@ -1,0 +1,94 @@
+"""The sinks' settings, read from the environment in this one place.
+
+The same names appear in the README's configuration table and in docker-compose.yml. Each
+sink runs as its own process, so SINK_* settings apply to the sink of that process; their
+defaults differ by sink where the sinks want different things (the lake batches longer).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from config import EnvReader, SettingsError
+
+SINKS = ("timescale", "lake")
+
+# Per sink: consumer group, metrics port, and how long a partition's batch may wait.
+_DEFAULTS = {
+    "timescale": {"group": "tapline-timescale", "metrics_port": 9102, "max_age_ms": 0},
+    "lake": {"group": "tapline-lake", "metrics_port": 9103, "max_age_ms": 5000},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    """How a sink consumes: group, batches, dead letters, metrics."""
+
+    sink: str
+    kafka_bootstrap_servers: str
+    topic: str
+    group_id: str
+    dlq_topic: str
+    poll_timeout_ms: int
+    batch_max_records: int
+    batch_max_bytes: int
+    batch_max_age_ms: int
+    max_record_bytes: int
+    retry_max_backoff_s: float
+    metrics_host: str
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, sink: str, env: Mapping[str, str] | None = None) -> LoopSettings:
+        if sink not in SINKS:
+            raise SettingsError(f"unknown sink {sink!r}: use one of {', '.join(SINKS)}")
+        reader = EnvReader(os.environ if env is None else env)
+        defaults = _DEFAULTS[sink]
+        topic = reader.text("CAPTURE_TOPIC", "http-captures")
+        return cls(
+            sink=sink,
+            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            topic=topic,
+            group_id=reader.text("SINK_GROUP_ID", defaults["group"]),
+            dlq_topic=reader.text("DLQ_TOPIC", f"{topic}.dlq"),
+            poll_timeout_ms=reader.integer("SINK_POLL_TIMEOUT_MS", 200, minimum=1),
+            batch_max_records=reader.integer("SINK_BATCH_MAX_RECORDS", 5000, minimum=1),
+            batch_max_bytes=reader.integer("SINK_BATCH_MAX_BYTES", 32 << 20, minimum=1024),
+            batch_max_age_ms=reader.integer(
+                "SINK_BATCH_MAX_AGE_MS", defaults["max_age_ms"], minimum=0
+            ),
+            max_record_bytes=reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 << 20,
+                                            minimum=64 << 10),
+            retry_max_backoff_s=reader.number("SINK_RETRY_MAX_BACKOFF_S", 10.0),
+            metrics_host=reader.text("SINK_METRICS_HOST", "127.0.0.1"),
+            metrics_port=reader.integer("SINK_METRICS_PORT", defaults["metrics_port"],
+                                        minimum=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TimescaleSettings:
+    """Where and how the TimescaleDB sink writes."""
+
+    database_url: str
+    body_max_bytes: int
+    write_method: str
+    compress_after: str | None
+    retention: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TimescaleSettings:
+        reader = EnvReader(os.environ if env is None else env)
+        method = reader.text("TIMESCALE_WRITE_METHOD", "copy")
+        if method not in ("copy", "insert"):
+            raise SettingsError(f"TIMESCALE_WRITE_METHOD={method!r}: use copy or insert")
+        return cls(
+            database_url=reader.text(
+                "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
+            body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 << 10, minimum=0),
+            write_method=method,
+            compress_after=reader.text("TIMESCALE_COMPRESS_AFTER", "") or None,
+            retention=reader.text("TIMESCALE_RETENTION", "") or None,
+        )

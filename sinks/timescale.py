@@ -1,0 +1,114 @@
+"""The TimescaleDB sink: one row per capture in `http_requests`, written idempotently.
+
+`row_of` (pure) turns a record into a row; `TimescaleSink` writes batches of rows. The fast
+path is COPY into a temporary staging table and one `INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`, so a record delivered twice is stored once; the INSERT path (multi-row VALUES) is
+for servers without COPY (the WASM TimescaleDB of the tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import orjson
+import psycopg
+import sqlalchemy as sa
+from aiokafka.structs import ConsumerRecord
+
+import db
+from capture import InvalidRecord, from_dict
+from sinks.loop import Item, PermanentWriteError, Sink
+from sinks.rows import COLUMNS, row_of
+from sinks.settings import TimescaleSettings
+
+log = logging.getLogger(__name__)
+
+INSERT_CHUNK_ROWS = 500  # 500 rows x 28 columns stays far below the 65,535 parameter limit
+_COLUMN_LIST = ", ".join(COLUMNS)
+
+
+# --- the sink --------------------------------------------------------------------------------
+
+
+class TimescaleSink(Sink):
+    name = "timescale"
+
+    def __init__(self, settings: TimescaleSettings) -> None:
+        self.settings = settings
+        self.engine: sa.Engine | None = None
+        self.mode: str | None = None
+
+    async def start(self) -> None:
+        self.mode = await asyncio.to_thread(db.migrate, self.settings.database_url)
+        log.info("TimescaleDB sink: schema is at head, mode %s", self.mode)
+        await asyncio.to_thread(
+            db.apply_policies, self.settings.database_url,
+            self.settings.compress_after, self.settings.retention,
+        )
+        self.engine = sa.create_engine(
+            db.sqlalchemy_url(self.settings.database_url),
+            pool_size=1, max_overflow=0, pool_pre_ping=True,
+        )
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    def prepare(self, message: ConsumerRecord) -> tuple:
+        if not message.value:
+            raise InvalidRecord("empty message")
+        try:
+            obj = orjson.loads(message.value)
+        except orjson.JSONDecodeError as e:
+            raise InvalidRecord(f"not JSON: {e}") from None
+        return row_of(from_dict(obj), self.settings.body_max_bytes)
+
+    async def write(self, items: Sequence[Item]) -> None:
+        rows = [item.prepared for item in items]
+        await asyncio.to_thread(self._write, rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        assert self.engine is not None
+        try:
+            with self.engine.begin() as conn:
+                cursor = conn.connection.driver_connection.cursor()
+                with cursor:
+                    if self.settings.write_method == "copy":
+                        _copy(cursor, rows)
+                    else:
+                        _insert(cursor, rows)
+        except (psycopg.DataError, psycopg.IntegrityError,
+                sa.exc.DataError, sa.exc.IntegrityError) as e:
+            raise PermanentWriteError(str(e).splitlines()[0]) from e
+        except Exception:
+            # Whatever broke may have broken the connection: start the next try afresh.
+            self.engine.dispose()
+            raise
+
+
+def _copy(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS http_requests_stage "
+        "(LIKE http_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with cursor.copy(f"COPY http_requests_stage ({_COLUMN_LIST}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(
+        f"INSERT INTO http_requests ({_COLUMN_LIST}) "
+        f"SELECT {_COLUMN_LIST} FROM http_requests_stage ON CONFLICT DO NOTHING"
+    )
+
+
+def _insert(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
+    one = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+    for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+        chunk = rows[start:start + INSERT_CHUNK_ROWS]
+        cursor.execute(
+            f"INSERT INTO http_requests ({_COLUMN_LIST}) VALUES "
+            + ", ".join([one] * len(chunk)) + " ON CONFLICT DO NOTHING",
+            [value for row in chunk for value in row],
+        )

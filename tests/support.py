@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -117,3 +118,73 @@ async def _read_topic(bootstrap, topic, expect, timeout, settle):
         return messages
     finally:
         await consumer.stop()
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]],
+            partitions: int = 3, headers=None) -> None:
+    """Put messages on a topic (created with `partitions` when absent), acknowledged."""
+    asyncio.run(_produce(bootstrap, topic, messages, partitions, headers))
+
+
+async def _produce(bootstrap, topic, messages, partitions, headers):
+    from aiokafka import AIOKafkaProducer
+
+    from topics import ensure_topic
+
+    await ensure_topic(bootstrap, topic, partitions=partitions, max_record_bytes=4 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                max_request_size=8 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key, headers=headers)
+                   for key, value in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def read_topic_with_headers(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0):
+    """Like read_topic, with each message's headers as a dict: (key, value, headers)."""
+    return asyncio.run(_read_with_headers(bootstrap, topic, expect, timeout))
+
+
+async def _read_with_headers(bootstrap, topic, expect, timeout):
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and len(out) < expect:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out += [(r.key, r.value, {k: v.decode() for k, v in r.headers})
+                        for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def fresh_database(url: str) -> str:
+    """A new, empty database on the server of `url` (postgresql://...); its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def wait_until(check, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    """Poll `check()` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

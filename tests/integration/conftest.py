@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import uuid
@@ -33,6 +34,7 @@ class Pipeline:
     workdir: Path
 
 
+@contextlib.contextmanager
 def start_pipeline(workdir: Path, bootstrap: str, **proxy_env: str) -> Iterator[Pipeline]:
     """Start app_b, app_a, an echo app and the proxy in front of all three; stop them after."""
     ports = {name: free_port() for name in (

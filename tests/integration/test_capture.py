@@ -23,10 +23,9 @@ CAP = 64 * 1024
 
 @pytest.fixture(scope="module")
 def pipeline(kafka, tmp_path_factory):
-    yield from start_pipeline(
-        tmp_path_factory.mktemp("capture"), kafka.bootstrap_servers,
-        CAPTURE_BODY_MAX_BYTES=str(CAP),
-    )
+    with start_pipeline(tmp_path_factory.mktemp("capture"), kafka.bootstrap_servers,
+                        CAPTURE_BODY_MAX_BYTES=str(CAP)) as started:
+        yield started
 
 
 def records_of(pipeline, expect, skip=0):
@@ -153,9 +152,9 @@ def test_the_seeds_ab_command_is_captured_one_to_one(pipeline):
 def test_a_record_over_the_topic_cap_is_cut_to_fit_and_delivered(kafka, tmp_path):
     # Random bytes do not compress: the record's size on the wire is what Kafka checks.
     upload = os.urandom(400_000)
-    for small in start_pipeline(tmp_path, kafka.bootstrap_servers,
-                                CAPTURE_MAX_RECORD_BYTES=str(128 * 1024),
-                                CAPTURE_QUEUE_MAX_BYTES=str(1 << 20)):
+    with start_pipeline(tmp_path, kafka.bootstrap_servers,
+                        CAPTURE_MAX_RECORD_BYTES=str(128 * 1024),
+                        CAPTURE_QUEUE_MAX_BYTES=str(1 << 20)) as small:
         answer = requests.post(small.echo + "/upload", data=upload, timeout=30)
         assert answer.text == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
         (message,) = read_topic(small.bootstrap, small.topic, expect=1)

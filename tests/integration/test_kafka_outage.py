@@ -45,9 +45,9 @@ def burst(pipeline, n: int) -> list[int]:
 
 def test_kafka_down_mid_traffic_costs_clients_nothing(own_kafka, tmp_path):
     # A small queue, so that the outage also fills it and drops are counted.
-    for pipeline in start_pipeline(tmp_path, own_kafka.bootstrap_servers,
-                                   CAPTURE_QUEUE_MAX_BYTES=str(256 * 1024),
-                                   CAPTURE_MAX_RECORD_BYTES=str(128 * 1024)):
+    with start_pipeline(tmp_path, own_kafka.bootstrap_servers,
+                        CAPTURE_QUEUE_MAX_BYTES=str(256 * 1024),
+                        CAPTURE_MAX_RECORD_BYTES=str(128 * 1024)) as pipeline:
         assert burst(pipeline, 100) == [200] * 100
         own_kafka.stop()
         assert burst(pipeline, 600) == [200] * 600  # every request still succeeds
@@ -75,7 +75,7 @@ def test_kafka_down_mid_traffic_costs_clients_nothing(own_kafka, tmp_path):
 
 
 def test_shutdown_flushes_and_reports(kafka, tmp_path):
-    for pipeline in start_pipeline(tmp_path, kafka.bootstrap_servers):
+    with start_pipeline(tmp_path, kafka.bootstrap_servers) as pipeline:
         assert burst(pipeline, 200) == [200] * 200
         assert pipeline.proxy.stop() == 0
         log = pipeline.proxy.log.read_text()

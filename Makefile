@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit lint fetch proxy apps clean
+.PHONY: install test test-unit lint fetch proxy apps migrate clean
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ test: fetch
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit tests/apps
+	$(BIN)/python -m pytest tests/unit tests/apps -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,6 +33,10 @@ lint: $(STAMP)
 # The proxy alone, with the settings in the environment (defaults: 5000 -> 5100, 5001 -> 5101).
 proxy: $(STAMP)
 	$(BIN)/python -m proxy
+
+# The database schema, at DATABASE_URL (default: postgresql://postgres@127.0.0.1:5432/tapline).
+migrate: $(STAMP)
+	$(BIN)/python -m db upgrade
 
 # The two sample apps behind the proxy's default ports, in the foreground.
 apps: $(STAMP)

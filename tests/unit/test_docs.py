@@ -14,8 +14,11 @@ README = (ROOT / "README.md").read_text()
 RECORD_DOC = (ROOT / "docs" / "record.md").read_text()
 
 # A setting is a string constant in UPPER_CASE read from the environment by these modules.
-SETTING_SOURCES = ["proxy/settings.py", "apps/app_a.py", "apps/app_b.py"]
-SETTING = re.compile(r'"((?:PROXY|KAFKA|CAPTURE|APP_B)_[A-Z0-9_]+)"')
+SETTING_SOURCES = ["proxy/settings.py", "sinks/settings.py", "sinks/__main__.py",
+                   "db/migrate.py", "apps/app_a.py", "apps/app_b.py"]
+SETTING = re.compile(
+    r'"((?:PROXY|KAFKA|CAPTURE|APP_B|SINK|DLQ|TIMESCALE|S3|LAKE)_[A-Z0-9_]+|DATABASE_URL'
+    r'|LOG_LEVEL)"')
 
 
 def settings_in_code() -> set[str]:

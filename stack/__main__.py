@@ -1,5 +1,8 @@
 """`python -m stack kafka|postgres|s3|all [--workdir DIR]`: run services until Ctrl-C or SIGTERM.
 
+`python -m stack timescale` runs TimescaleDB's full edition as WASM (stack.timescale) in place of
+PostgreSQL: one client at a time, so for trying the schema rather than for running the sinks.
+
 Standard output gets one `NAME=value` line per service, in the names stack.external reads
 (KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT, ...), so it can be pasted into a shell or an env file;
 progress and errors go to standard error. `python -m stack fetch` only downloads Kafka's jars,
@@ -21,8 +24,9 @@ from stack.external import DATABASE_VARIABLE, KAFKA_VARIABLE, S3_VARIABLE
 from stack.kafka import STACK_DIR, Kafka, kafka_libs
 from stack.postgres import Postgres
 from stack.s3 import DEFAULT_BUCKET, S3Server
+from stack.timescale import TimescaleLite
 
-Service = Kafka | Postgres | S3Server
+Service = Kafka | Postgres | S3Server | TimescaleLite
 DEFAULT_WORKDIR = STACK_DIR.parent / ".run" / "stack"
 ORDER = ("kafka", "postgres", "s3")
 
@@ -32,9 +36,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m stack",
         description="Run Kafka, PostgreSQL and S3 (moto) on 127.0.0.1 until Ctrl-C or SIGTERM.",
     )
-    parser.add_argument("what", choices=[*ORDER, "all", "fetch"],
-                        help="The service to run, all of them, or `fetch` to only download "
-                             "Kafka's jars.")
+    parser.add_argument("what", choices=[*ORDER, "all", "timescale", "fetch"],
+                        help="The service to run, all of them, `timescale` for TimescaleDB as "
+                             "WASM (not part of `all`), or `fetch` to only download Kafka's jars.")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="Folder for the services' data, settings and logs, one subfolder "
                              "each; data is kept between runs (default: %(default)s).")
@@ -42,6 +46,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres-port", type=int,
                         help="PostgreSQL's port (default: a free one).")
     parser.add_argument("--s3-port", type=int, help="The S3 endpoint's port (default: a free one).")
+    parser.add_argument("--timescale-port", type=int,
+                        help="TimescaleDB's (WASM) port (default: a free one).")
     parser.add_argument("--bucket", default=DEFAULT_BUCKET,
                         help="The bucket created in S3 (default: %(default)s).")
     return parser.parse_args(argv)
@@ -56,6 +62,9 @@ def build(name: str, args: argparse.Namespace) -> tuple[Service, str, str]:
     if name == "postgres":
         postgres = Postgres(workdir, args.postgres_port)
         return postgres, DATABASE_VARIABLE, postgres.dsn
+    if name == "timescale":
+        timescale = TimescaleLite(workdir, args.timescale_port)
+        return timescale, DATABASE_VARIABLE, timescale.dsn
     s3 = S3Server(workdir, args.s3_port, bucket=args.bucket)
     return s3, S3_VARIABLE, s3.endpoint_url
 

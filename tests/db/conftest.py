@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import db
-from stack import TimescaleLite, postgres_from_env
 
 # A mistake that opens a second connection to PGlite fails after this long instead of hanging.
 PGLITE_CONNECT_TIMEOUT_S = 20
@@ -27,33 +26,15 @@ def with_connect_timeout(dsn: str) -> str:
     return f"{dsn}{separator}connect_timeout={PGLITE_CONNECT_TIMEOUT_S}"
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """The suite's PostgreSQL: DATABASE_URL's if set, else a cluster of its own."""
-    service = postgres_from_env(tmp_path_factory.mktemp("db-postgres"))
-    service.start()
-    yield service
-    service.close()
-
-
 @pytest.fixture
-def pg_url(pg_server) -> Iterator[str]:
+def pg_url(postgres) -> Iterator[str]:
     """A new, empty database on the suite's PostgreSQL, dropped after the test."""
     name = f"tapline_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield make_url(pg_server.dsn).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+    yield make_url(postgres.dsn).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="session")
-def timescale(tmp_path_factory):
-    """TimescaleDB's full edition as WASM, for the whole session."""
-    service = TimescaleLite(tmp_path_factory.mktemp("db-timescale"))
-    service.start()
-    yield service
-    service.close()
 
 
 @pytest.fixture(scope="session")

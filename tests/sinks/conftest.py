@@ -9,17 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stack import free_port, postgres_from_env
+from stack import free_port
 from tests.support import Process, fresh_database, scrape
-
-
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-    """The suite's PostgreSQL: DATABASE_URL if set, else a cluster of its own."""
-    service = postgres_from_env(tmp_path_factory.mktemp("postgres"))
-    service.start()
-    yield service
-    service.close()
 
 
 @pytest.fixture

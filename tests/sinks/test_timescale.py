@@ -225,3 +225,29 @@ def test_poison_records_go_to_the_dead_letter_topic(kafka, database, tmp_path):
                       sink="timescale") == 5
     finally:
         sink.stop()
+
+
+def test_two_sinks_in_one_group_share_the_partitions(kafka, database, tmp_path):
+    n = 10_000
+    topic = f"scale-{uuid.uuid4().hex[:8]}"
+    produce(kafka.bootstrap_servers, topic, factories.encoded(n, clients=200), partitions=4)
+    env = sink_env(kafka.bootstrap_servers, topic, database, SINK_BATCH_MAX_RECORDS="100")
+    first = SinkProcess("timescale", tmp_path, env).start()
+    wait_until(lambda: count_rows(database) > 0, what="first rows")
+    # The second member makes the group rebalance: the first commits what it wrote for the
+    # partitions it gives up, and the second goes on from there.
+    second = SinkProcess("timescale", tmp_path, env).start()
+    try:
+        wait_until(lambda: "assigned" in second.log.read_text(), what="the rebalance")
+        # Records that arrive now spread over partitions that both members hold.
+        produce(kafka.bootstrap_servers, topic,
+                factories.encoded(n, clients=200, seed=1), partitions=4)
+        wait_until(lambda: count_rows(database) >= 2 * n, timeout=90, what=f"{2 * n} rows")
+        time.sleep(1)
+        assert count_rows(database) == 2 * n
+        written = [sample(s.metrics(), "tapline_sink_written_total", sink="timescale")
+                   for s in (first, second)]
+        assert all(w > 0 for w in written), written
+    finally:
+        second.stop()
+        first.stop()

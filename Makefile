@@ -6,7 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit lint fetch proxy apps migrate clean
+.PHONY: install test test-unit lint fetch run load proxy apps migrate clean
+
+# Where `make load` sends traffic: the proxy in front of app_a.
+APP_A ?= http://127.0.0.1:5000
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +24,18 @@ install: $(STAMP)
 fetch: $(STAMP)
 	$(BIN)/python -m stack fetch
 	$(BIN)/python -c "import stack; stack.pglite_modules()"
+
+# The whole pipeline as local processes, until Ctrl-C. RESET=1 starts from nothing.
+run: fetch
+	RUN_RESET=$(RESET) $(BIN)/python -m stack run
+
+# The seed's traffic through the proxy, and failures for the analytics to find.
+load:
+	ab -q -m POST -H "Authorization: mytoken" -n 500 -c 4 $(APP_A)/jobs | grep -E "Complete|Failed|Non-2xx|Requests per"
+	ab -q -n 200 -c 4 $(APP_A)/hello | grep -E "Complete|Failed|Requests per"
+	ab -q -m POST -H "Authorization: stolen-token" -n 50 -c 2 $(APP_A)/jobs | grep -E "Complete|Non-2xx"
+	ab -q -m POST -n 20 $(APP_A)/jobs | grep -E "Complete|Non-2xx"
+	ab -q -n 30 $(APP_A)/admin | grep -E "Complete|Non-2xx"
 
 test: fetch
 	$(BIN)/python -m pytest

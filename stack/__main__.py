@@ -1,5 +1,7 @@
 """`python -m stack kafka|postgres|s3|all [--workdir DIR]`: run services until Ctrl-C or SIGTERM.
 
+`python -m stack run` runs the whole pipeline (stack.pipeline), for `make run`.
+
 `python -m stack timescale` runs TimescaleDB's full edition as WASM (stack.timescale) in place of
 PostgreSQL: one client at a time, so for trying the schema rather than for running the sinks.
 
@@ -114,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if list(argv[:1]) == ["run"]:
+        from stack.pipeline import main as run_pipeline
+
+        return run_pipeline()
     args = parse(argv)
     if args.what == "fetch":
         try:

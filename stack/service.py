@@ -122,6 +122,10 @@ class ProcessService:
     def _after_ready(self) -> None:
         """Runs once the service answers, inside `start()`."""
 
+    def _env(self) -> dict[str, str] | None:
+        """The child's environment; None inherits ours."""
+        return None
+
     def _after_stop(self, clean: bool) -> None:
         """Runs once the process is gone; `clean` says it had been ready and ended on SIGTERM."""
 
@@ -147,7 +151,7 @@ class ProcessService:
             self._log_offset = log.tell()
             self._proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True,
+                cwd=self.workdir, env=self._env(), start_new_session=True,
             )
         stop_at_exit(self)
         limit = self.default_timeout_s if timeout is None else timeout

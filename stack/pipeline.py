@@ -1,0 +1,283 @@
+"""The whole pipeline as local processes, for `make run`: no Docker.
+
+Kafka from its jars, a PostgreSQL cluster (TimescaleDB where the machine has it), moto's S3
+server, both apps, the proxy in front of them and both sinks, each logging to one file under
+`RUN_DIR/logs`. Data lives under RUN_DIR and survives a restart, with one exception: moto
+keeps objects in memory, so at each start the lake sink's consumer group is rewound to the
+oldest record and the lake is written again from the topic (the object names are
+deterministic, so it comes back the same). `RUN_RESET=1` starts from nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import EnvReader
+from stack.kafka import STACK_DIR, Kafka
+from stack.postgres import Postgres
+from stack.s3 import S3Server
+from stack.service import LOOPBACK, ProcessService, port_open
+
+REPO = STACK_DIR.parent
+LAKE_GROUP = "tapline-lake"
+S3_KEY_ID, S3_SECRET = "tapline", "tapline-secret"  # moto takes any; these name the run's
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Where `make run` puts things. Every port is a setting, for a second run beside a first."""
+
+    run_dir: Path
+    reset: bool
+    kafka_port: int
+    postgres_port: int
+    s3_port: int
+    app_a_port: int
+    app_b_port: int
+    proxy_a_port: int
+    proxy_b_port: int
+    proxy_metrics_port: int
+    timescale_metrics_port: int
+    lake_metrics_port: int
+    topic: str
+    bucket: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
+        read = EnvReader(os.environ if env is None else env)
+        port = lambda name, default: read.integer(name, default, minimum=1)  # noqa: E731
+        return cls(
+            run_dir=Path(read.text("RUN_DIR", str(REPO / ".run"))).resolve(),
+            reset=read.flag("RUN_RESET", False),
+            kafka_port=port("RUN_KAFKA_PORT", 9092),
+            postgres_port=port("RUN_POSTGRES_PORT", 5432),
+            s3_port=port("RUN_S3_PORT", 9000),
+            app_a_port=port("RUN_APP_A_PORT", 5100),
+            app_b_port=port("RUN_APP_B_PORT", 5101),
+            proxy_a_port=port("RUN_PROXY_A_PORT", 5000),
+            proxy_b_port=port("RUN_PROXY_B_PORT", 5001),
+            proxy_metrics_port=port("RUN_PROXY_METRICS_PORT", 9101),
+            timescale_metrics_port=port("RUN_TIMESCALE_METRICS_PORT", 9102),
+            lake_metrics_port=port("RUN_LAKE_METRICS_PORT", 9103),
+            topic=read.text("CAPTURE_TOPIC", "http-captures"),
+            bucket=read.text("S3_BUCKET", "captures"),
+        )
+
+
+class Program(ProcessService):
+    """One of the project's own processes: an app, the proxy or a sink."""
+
+    stop_timeout_s = 20.0
+
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str],
+                 logs: Path, ready_port: int) -> None:
+        super().__init__(logs, f"{name}.log")
+        self.name = name
+        self.command = list(command)
+        self.env = dict(env)
+        self.ready_port = ready_port
+
+    def _command(self) -> Sequence[str]:
+        return self.command
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _is_ready(self) -> bool:
+        return port_open(LOOPBACK, self.ready_port)
+
+
+class Pipeline:
+    """Builds every service of a run, starts them in order and stops them in reverse."""
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = s = settings
+        self.logs = s.run_dir / "logs"
+        self.kafka = Kafka(s.run_dir / "kafka", s.kafka_port)
+        self.postgres = Postgres(s.run_dir / "postgres", s.postgres_port)
+        self.s3 = S3Server(s.run_dir / "s3", s.s3_port, bucket=s.bucket)
+        self.started: list[ProcessService | Kafka | Postgres | S3Server] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The project's settings for this run, as every process gets them."""
+        s = self.settings
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            "CAPTURE_TOPIC": s.topic,
+            "DATABASE_URL": self.postgres.dsn,
+            "S3_ENDPOINT_URL": self.s3.endpoint_url,
+            "S3_BUCKET": s.bucket,
+            "S3_REGION": "us-east-1",
+            "S3_ACCESS_KEY_ID": S3_KEY_ID,
+            "S3_SECRET_ACCESS_KEY": S3_SECRET,
+            "PROXY_ROUTES": (
+                f"app_a=http://{LOOPBACK}:{s.app_a_port}@{s.proxy_a_port},"
+                f"app_b=http://{LOOPBACK}:{s.app_b_port}@{s.proxy_b_port}"),
+            "PROXY_METRICS_PORT": str(s.proxy_metrics_port),
+        }
+
+    def programs(self) -> list[Program]:
+        s, env, python = self.settings, self.env, sys.executable
+        gunicorn = [python, "-m", "gunicorn", "-w", "2"]
+        return [
+            Program("sink-timescale", [python, "-m", "sinks", "timescale"],
+                    {**env, "SINK_METRICS_PORT": str(s.timescale_metrics_port)},
+                    self.logs, s.timescale_metrics_port),
+            Program("sink-lake", [python, "-m", "sinks", "lake"],
+                    {**env, "SINK_METRICS_PORT": str(s.lake_metrics_port),
+                     "SINK_GROUP_ID": LAKE_GROUP},
+                    self.logs, s.lake_metrics_port),
+            Program("app_b", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_b_port}", "apps.app_b:app"],
+                    {**env, "APP_B_DB": str(s.run_dir / "app_b.sqlite3")},
+                    self.logs, s.app_b_port),
+            Program("app_a", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_a_port}", "apps.app_a:app"],
+                    # app_a asks app_b through the proxy, so those calls are captured too
+                    {**env, "APP_B_URL": f"http://{LOOPBACK}:{s.proxy_b_port}"},
+                    self.logs, s.app_a_port),
+            Program("proxy", [python, "-m", "proxy"], env, self.logs, s.proxy_a_port),
+        ]
+
+    def start(self, say=print) -> None:
+        s = self.settings
+        if s.reset and s.run_dir.exists():
+            say(f"run: RUN_RESET: removing {s.run_dir}")
+            shutil.rmtree(s.run_dir)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for service in (self.kafka, self.postgres, self.s3):
+            self._start(service, say)
+        # moto lost the lake when it stopped: read the topic again from its start.
+        asyncio.run(rewind_group(self.kafka.bootstrap_servers, s.topic, LAKE_GROUP))
+        for program in self.programs():
+            self._start(program, say)
+        self.write_env(s.run_dir / "env")
+
+    def _start(self, service, say) -> None:
+        say(f"run: starting {service.name}")
+        self.started.append(service)
+        service.start()
+
+    def stop(self, say=print) -> None:
+        """In reverse: the proxy flushes to Kafka, the sinks finish their batch, then the
+        stores go."""
+        while self.started:
+            service = self.started.pop()
+            say(f"run: stopping {service.name}")
+            try:
+                service.stop()
+            except Exception as e:  # keep stopping the others
+                say(f"run: {service.name} did not stop cleanly: {e}")
+
+    def dead(self) -> list[str]:
+        return [service.name for service in self.started if not service.running]
+
+    def write_env(self, path: Path) -> None:
+        """The run's settings in shell syntax, for `source .run/env`."""
+        s = self.settings
+        values = {
+            **self.env,
+            "PGHOST": self.postgres.host, "PGPORT": str(self.postgres.port),
+            "PGUSER": self.postgres.user, "PGDATABASE": self.postgres.dbname,
+            "AWS_ENDPOINT_URL": self.s3.endpoint_url, "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+            "TAPLINE_APP_A": f"http://{LOOPBACK}:{s.proxy_a_port}",
+            "TAPLINE_APP_B": f"http://{LOOPBACK}:{s.proxy_b_port}",
+        }
+        path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
+
+    def guide(self) -> str:
+        s = self.settings
+        a, b = f"http://{LOOPBACK}:{s.proxy_a_port}", f"http://{LOOPBACK}:{s.proxy_b_port}"
+        return f"""
+tapline is running. Send traffic to the apps through the proxy:
+  curl {a}/hello
+  curl -X POST -H "Authorization: mytoken" {a}/jobs
+  ab -m POST -H "Authorization: mytoken" -n 500 -c 4 {a}/jobs
+  make load                          # the seed's traffic plus some failures
+Look at the results (after `source {s.run_dir}/env`):
+  .venv/bin/tapline tail --from-beginning             # records on Kafka
+  psql -c "SELECT app, method, path, status_code FROM http_requests ORDER BY time DESC LIMIT 5"
+  psql -c "SELECT * FROM http_requests_5m ORDER BY bucket DESC LIMIT 5"
+  .venv/bin/tapline lake ls
+  .venv/bin/tapline lake query "SELECT count(*) FROM captures"
+Logs: {self.logs}/   Settings: {s.run_dir}/env   app_b, through the proxy: {b}
+Ctrl-C stops everything.
+"""
+
+
+async def rewind_group(bootstrap: str, topic: str, group: str) -> None:
+    """Point `group` at the oldest record of every partition of `topic` (when the topic
+    exists). Only while no member of the group runs."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for t in described if t["error_code"] == 0
+                  for p in t["partitions"]]
+    if not partitions:
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        oldest = await consumer.beginning_offsets(tps)
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in
+                               oldest.items()})
+    finally:
+        await consumer.stop()
+
+
+def main() -> int:
+    """`python -m stack run`: everything, until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from config import SettingsError
+    from stack.errors import StackError
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        pipeline = Pipeline(RunSettings.from_env())
+    except SettingsError as e:
+        say(f"run: {e}")
+        return 2
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        pipeline.start(say)
+        print(pipeline.guide(), flush=True)
+        while not (dead := pipeline.dead()):
+            time.sleep(1)
+        say(f"run: error: {', '.join(dead)} stopped by itself; see {pipeline.logs}/")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except StackError as e:
+        say(f"run: error: {e}")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pipeline.stop(say)
+        say("run: stopped")

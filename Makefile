@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit lint fetch run load proxy apps migrate clean
+.PHONY: install test test-unit lint fetch run load proxy apps migrate up down logs ps clean
 
 # Where `make load` sends traffic: the proxy in front of app_a.
 APP_A ?= http://127.0.0.1:5000
@@ -59,6 +59,21 @@ apps: $(STAMP)
 	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5101 apps.app_b:app & pid=$$!; \
 	trap 'kill $$pid' EXIT INT TERM; \
 	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5100 apps.app_a:app
+
+# The whole stack in Docker (docker-compose.yml): build the image, start every service, wait
+# until all are healthy. Then: curl http://127.0.0.1:5000/hello
+up:
+	docker compose up -d --build --wait
+
+# Stops and removes the containers; the data volumes stay (docker compose down -v drops them).
+down:
+	docker compose down
+
+logs:
+	docker compose logs -f --tail=100
+
+ps:
+	docker compose ps -a
 
 clean:
 	rm -rf $(VENV) .cache .run .pytest_cache .ruff_cache *.egg-info

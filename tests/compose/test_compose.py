@@ -1,0 +1,319 @@
+"""docker-compose.yml and the Dockerfile say what the README and the code say.
+
+No Docker engine runs here, so nothing is started: the files are read as YAML, and then by
+Compose v2's own parser (`docker-compose config`, fetched by compose_binary.py). A machine that
+cannot fetch that parser fails the test that needs it; it does not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.settings import parse_routes
+from tests.compose.compose_binary import ComposeUnavailable, compose_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+README = ROOT / "README.md"
+PYPROJECT = ROOT / "pyproject.toml"
+
+PROJECT_IMAGE = "tapline:local"
+PROJECT_SERVICES = {"app_a", "app_b", "proxy", "sink-timescale", "sink-lake"}
+STORES = {"kafka", "timescaledb", "seaweedfs"}
+ONE_SHOT = {"seaweedfs-init"}
+LONG_RUNNING = PROJECT_SERVICES | STORES
+# What the host sees, and of whom: the apps' usual ports (the proxy's listeners), the database,
+# the lake's S3 API. All on loopback.
+PUBLISHED = {5000: "proxy", 5001: "proxy", 5432: "timescaledb", 8333: "seaweedfs"}
+LOOPBACK = "127.0.0.1"
+
+
+# --- the file as YAML ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict[str, dict]:
+    return compose["services"]
+
+
+def readme_settings() -> set[str]:
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", README.read_text(), re.MULTILINE))
+
+
+def short_ports(service: dict) -> list[tuple[str, int, int]]:
+    """(host IP, host port, container port) of each `ports` entry in short syntax."""
+    published = []
+    for entry in service.get("ports", []):
+        assert isinstance(entry, str), f"write ports as HOST_IP:HOST:CONTAINER strings: {entry}"
+        host_ip, host, container = entry.rsplit(":", 2)
+        published.append((host_ip, int(host), int(container)))
+    return published
+
+
+def test_compose_v2_file_without_version_key(compose):
+    assert "version" not in compose
+    assert compose["name"] == "tapline"
+
+
+def test_every_service_is_there(services):
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+
+
+def test_project_services_run_the_project_image(services):
+    for name in PROJECT_SERVICES:
+        assert services[name]["image"] == PROJECT_IMAGE, name
+        assert services[name]["build"]["context"] == ".", name
+    for name in STORES | ONE_SHOT:
+        assert services[name]["image"] != PROJECT_IMAGE, name
+
+
+def test_long_running_services_have_health_checks_and_restart(services):
+    for name in LONG_RUNNING:
+        service = services[name]
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_one_shot_services_are_not_restarted(services):
+    for name in ONE_SHOT:
+        assert "healthcheck" not in services[name], name
+        assert services[name].get("restart") in ("no", "on-failure"), name
+
+
+def test_every_dependency_waits_on_a_condition(services):
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on must name conditions"
+        for target, how in depends_on.items():
+            wanted = ("service_completed_successfully" if target in ONE_SHOT
+                      else "service_healthy")
+            assert how.get("condition") == wanted, f"{name} -> {target}"
+
+
+def test_every_one_shot_is_awaited_by_a_long_running_service(services):
+    # Else `docker compose up --wait` takes the one shot's exit, even a clean one, as a failure.
+    for one_shot in ONE_SHOT:
+        assert any(service.get("depends_on", {}).get(one_shot, {}).get("condition")
+                   == "service_completed_successfully"
+                   for name, service in services.items() if name in LONG_RUNNING), one_shot
+
+
+def test_start_order(services):
+    def needs(name):
+        return set(services[name].get("depends_on", {}))
+
+    assert needs("proxy") == {"kafka", "app_a", "app_b"}
+    assert needs("sink-timescale") == {"kafka", "timescaledb"}
+    assert needs("sink-lake") == {"kafka", "seaweedfs", "seaweedfs-init"}
+    assert needs("seaweedfs-init") == {"seaweedfs"}
+
+
+def test_project_services_use_only_documented_settings(services):
+    documented = readme_settings()
+    assert {"PROXY_ROUTES", "DATABASE_URL"} <= documented  # the table was found
+    for name in PROJECT_SERVICES:
+        unknown = set(services[name].get("environment", {})) - documented
+        assert not unknown, f"{name}: not in README.md's configuration table: {sorted(unknown)}"
+
+
+def test_only_the_intended_ports_are_published(services):
+    published = {}
+    for name, service in services.items():
+        for host_ip, host, container in short_ports(service):
+            assert host_ip == LOOPBACK, f"{name} publishes {host} beyond loopback"
+            assert host == container, f"{name}: {host} -> {container}"
+            assert host not in published, f"{host} published twice"
+            published[host] = name
+    assert published == PUBLISHED
+    for name in services:
+        assert "expose" not in services[name], name
+        assert services[name].get("network_mode") != "host", name
+
+
+def test_the_proxy_fronts_both_apps_on_their_usual_ports(services):
+    env = services["proxy"]["environment"]
+    routes = {route.app: route for route in parse_routes(env["PROXY_ROUTES"])}
+    assert routes["app_a"].upstream == "http://app_a:5000"
+    assert routes["app_b"].upstream == "http://app_b:5001"
+    assert {route.port for route in routes.values()} == {5000, 5001}
+    assert env["PROXY_LISTEN_HOST"] == "0.0.0.0"
+    # app_a calls app_b through the proxy's app_b listener, so that call is captured too.
+    assert services["app_a"]["environment"]["APP_B_URL"] == f"http://proxy:{routes['app_b'].port}"
+    commands = {name: " ".join(services[name]["command"]) for name in ("app_a", "app_b")}
+    assert commands["app_a"].endswith("-b 0.0.0.0:5000 apps.app_a:app")
+    assert commands["app_b"].endswith("-b 0.0.0.0:5001 apps.app_b:app")
+
+
+def test_producers_and_consumers_agree(services):
+    clients = ("proxy", "sink-timescale", "sink-lake")
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "CAPTURE_TOPIC", "CAPTURE_MAX_RECORD_BYTES"):
+        values = {services[name]["environment"][key] for name in clients}
+        assert len(values) == 1, f"{key} differs between {clients}: {values}"
+    assert services["proxy"]["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    broker = services["kafka"]["environment"]
+    assert broker["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    record_max = int(services["proxy"]["environment"]["CAPTURE_MAX_RECORD_BYTES"]
+                     .removeprefix("${CAPTURE_MAX_RECORD_BYTES:-").rstrip("}"))
+    assert int(broker["KAFKA_MESSAGE_MAX_BYTES"]) >= 2 * record_max
+
+
+def test_sinks_reach_their_stores(services):
+    timescale = services["sink-timescale"]["environment"]
+    assert "@timescaledb:5432/tapline" in timescale["DATABASE_URL"]
+    assert services["timescaledb"]["environment"]["POSTGRES_DB"] == "tapline"
+    lake = services["sink-lake"]["environment"]
+    assert lake["S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    # The store renders its identities from the very values the sink is given.
+    store = services["seaweedfs"]["environment"]
+    for key in ("S3_BUCKET", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+        assert store[key] == lake[key], key
+    assert services["seaweedfs-init"]["environment"]["S3_BUCKET"] == lake["S3_BUCKET"]
+    assert {lake["SINK_METRICS_PORT"], timescale["SINK_METRICS_PORT"]} == {9102, 9103}
+
+
+def test_stores_keep_data_in_named_volumes(compose, services):
+    for name in ("kafka", "timescaledb", "seaweedfs", "app_b"):
+        sources = [mount.split(":", 1)[0] for mount in services[name]["volumes"]]
+        assert any(source in compose["volumes"] for source in sources), name
+
+
+def test_mounted_files_exist(services):
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_deploy_scripts_parse():
+    for script in sorted((ROOT / "deploy").rglob("*.sh")):
+        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, f"{script}: {done.stderr}"
+
+
+# --- the Dockerfile --------------------------------------------------------------------------
+
+
+def dockerfile_lines() -> list[str]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_builds_a_venv_and_runs_it_unprivileged():
+    lines = dockerfile_lines()
+    froms = [line.split()[1:] for line in lines if line.startswith("FROM ")]
+    assert froms == [["python:3.11-slim", "AS", "builder"], ["python:3.11-slim"]]
+    runtime = lines[[i for i, line in enumerate(lines) if line.startswith("FROM ")][1]:]
+    assert any(line.startswith("COPY --from=builder /opt/venv") for line in runtime)
+    users = [line.split()[1] for line in runtime if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert [line for line in runtime if line.startswith("WORKDIR ")][-1] == "WORKDIR /app"
+    text = " ".join(lines)
+    assert "pip install -r requirements.txt" in text
+    assert "pip install --no-deps ." in text
+
+
+def test_dockerfile_copies_every_package():
+    config = tomllib.loads(PYPROJECT.read_text())
+    packages = {pattern.rstrip("*")
+                for pattern in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {line.split()[1].rstrip("/") for line in dockerfile_lines()
+              if line.startswith("COPY ") and "--from" not in line}
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"
+
+
+def test_dockerignore_lets_every_copied_path_in():
+    allowed = {line[1:].rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
+               if line.startswith("!")}
+    assert "*" in DOCKERIGNORE.read_text().splitlines()
+    for line in dockerfile_lines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                assert source.rstrip("/") in allowed, f".dockerignore leaves out {source}"
+
+
+def test_images_are_named_without_a_registry(services):
+    images = [service["image"] for service in services.values()]
+    images += [line.split()[1] for line in dockerfile_lines() if line.startswith("FROM ")]
+    for image in images:
+        first, _, rest = image.partition("/")
+        # registry.example/python or host:5000/x name a registry; user/name does not.
+        assert not (rest and ("." in first or ":" in first or first == "localhost")), image
+        assert ":" in image.rpartition("/")[2], f"{image} has no tag"
+        assert not image.endswith(":latest"), image
+
+
+# --- Compose v2's own parser -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docker_compose() -> Path:
+    try:
+        return compose_binary()
+    except ComposeUnavailable as e:
+        pytest.fail(f"Compose v2 is needed to check docker-compose.yml and could not be had: {e}")
+
+
+def compose_config(binary: Path, *args: str, env: dict[str, str] | None = None):
+    # A bare environment: the file's own defaults apply, not this shell's settings.
+    return subprocess.run(
+        [str(binary), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
+         "config", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})},
+    )
+
+
+def test_compose_accepts_the_file(docker_compose):
+    done = compose_config(docker_compose, "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_normalized_file(docker_compose):
+    done = compose_config(docker_compose, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == LOOPBACK, name
+            published[int(port["published"])] = name
+        for target, how in service.get("depends_on", {}).items():
+            assert how["condition"] in ("service_healthy", "service_completed_successfully"), (
+                f"{name} -> {target}")
+    assert published == PUBLISHED
+    for name in LONG_RUNNING:
+        assert services[name]["healthcheck"]["test"], name
+    # Defaults filled in from the file itself, as a user without a .env file gets them.
+    lake = services["sink-lake"]["environment"]
+    assert (lake["S3_BUCKET"], lake["SINK_BATCH_MAX_AGE_MS"]) == ("captures", "30000")
+    assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] in (
+        services["sink-timescale"]["environment"]["DATABASE_URL"])
+
+
+def test_compose_takes_settings_from_the_environment(docker_compose):
+    done = compose_config(docker_compose, "--format", "json",
+                          env={"POSTGRES_PASSWORD": "s3cret", "S3_BUCKET": "lake-test"})
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    assert ":s3cret@timescaledb:" in services["sink-timescale"]["environment"]["DATABASE_URL"]
+    for name in ("seaweedfs", "seaweedfs-init", "sink-lake"):
+        assert services[name]["environment"]["S3_BUCKET"] == "lake-test", name

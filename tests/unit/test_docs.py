@@ -15,9 +15,10 @@ RECORD_DOC = (ROOT / "docs" / "record.md").read_text()
 
 # A setting is a string constant in UPPER_CASE read from the environment by these modules.
 SETTING_SOURCES = ["proxy/settings.py", "sinks/settings.py", "sinks/__main__.py",
-                   "db/migrate.py", "apps/app_a.py", "apps/app_b.py"]
+                   "sinks/lake.py", "db/migrate.py", "stack/pipeline.py", "apps/app_a.py",
+                   "apps/app_b.py"]
 SETTING = re.compile(
-    r'"((?:PROXY|KAFKA|CAPTURE|APP_B|SINK|DLQ|TIMESCALE|S3|LAKE)_[A-Z0-9_]+|DATABASE_URL'
+    r'"((?:PROXY|KAFKA|CAPTURE|APP_B|SINK|DLQ|TIMESCALE|S3|LAKE|RUN)_[A-Z0-9_]+|DATABASE_URL'
     r'|LOG_LEVEL)"')
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
@@ -69,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="start at the oldest capture instead of the next one")
     tail_cmd.add_argument("--json", action="store_true", help="print the records as JSON")
     tail_cmd.add_argument("-n", "--limit", type=int, help="stop after this many captures")
+    add_lake_commands(commands)
     args = parser.parse_args(argv)
+    if args.command == "lake":
+        return lake_command(args)
     # Kafka errors are reported in one line below; the client's own log would repeat them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
@@ -81,6 +85,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# --- tapline lake ----------------------------------------------------------------------------
+
+
+def add_lake_commands(commands) -> None:
+    lake = commands.add_parser(
+        "lake", help="ask the S3 lake in SQL, list its objects",
+        description="Ask the S3 lake (docs/lake.md) in SQL with DuckDB, or list its objects. "
+                    "Where the lake is comes from S3_ENDPOINT_URL, S3_BUCKET, S3_REGION, "
+                    "S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, as for the lake sink.")
+    actions = lake.add_subparsers(dest="lake_command", required=True)
+    query_cmd = actions.add_parser(
+        "query", help="run SQL over the view `captures`",
+        description="Run one SQL statement over the view `captures` (one row per capture) "
+                    "and print the answer as a table.")
+    query_cmd.add_argument("sql", help='the statement, e.g. "SELECT count(*) FROM captures"')
+    ls_cmd = actions.add_parser("ls", help="list the objects of the lake",
+                                description="List the lake's objects: key, size, time written.")
+    for cmd in (query_cmd, ls_cmd):
+        cmd.add_argument("--date", help="only this day (YYYY-MM-DD, UTC)")
+        cmd.add_argument("--hour", help="only this hour of the day (0-23, UTC)")
+        cmd.add_argument("--ip", help="only this client IP (or `unknown`)")
+        cmd.add_argument("--bucket", help="the bucket (default: S3_BUCKET, else captures)")
+        cmd.add_argument("--json", action="store_true",
+                         help="print one JSON object a line instead of a table")
+
+
+def lake_command(args: argparse.Namespace) -> int:
+    from config import SettingsError
+    from tapline import lake
+
+    try:
+        env = dict(os.environ)
+        if args.bucket:
+            env["S3_BUCKET"] = args.bucket
+        settings = lake.LakeSettings.from_env(env)
+        scope = lake.Scope.of(args.date, args.hour, args.ip)
+    except (SettingsError, lake.BadScope) as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.lake_command == "query":
+            result = lake.query(settings, args.sql, scope)
+            columns, rows = result.columns, result.rows
+        else:
+            entries = lake.list_objects(settings, scope)
+            columns = ["key", "size", "modified"]
+            rows = [(e.key, e.size, e.modified) for e in entries]
+    except lake.LakeError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(dict(zip(columns, row, strict=True)), default=str,
+                               option=orjson.OPT_NON_STR_KEYS).decode())
+    else:
+        print(text_table(columns, rows))
+    return 0
+
+
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]],
+               max_width: int = 60) -> str:
+    """Rows as plain aligned text: a header, a rule, one line a row; long cells are cut."""
+    def cell(value: object) -> str:
+        text = "NULL" if value is None else str(value)
+        text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
+        return text if len(text) <= max_width else text[:max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    numeric = [bool(rows) and all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                                  for r in rows if r[i] is not None)
+               for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    out = [line(list(columns)), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

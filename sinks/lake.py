@@ -1,0 +1,326 @@
+"""The S3 data lake sink: every capture, byte for byte, as gzip-compressed NDJSON objects.
+
+Layout (docs/lake.md): `<YYYY-MM-DD>/<HH>/<client-ip>/<topic>-<partition>-<first offset>.jsonl.gz`,
+date and hour of the record's `started_at` in UTC. One object holds, in offset order, the
+records of one batch of one partition that share date, hour and client IP; each line is
+exactly the bytes that were on the topic.
+
+The pure parts (`key_prefix`, `ip_segment`, `object_key`, `plan_objects`, `ndjson_gz`) decide
+everything that matters; `LakeSink` is a thin shell that compresses and PUTs.
+
+Failure policy: S3 never refuses a capture as data, so this sink never raises
+PermanentWriteError. Whatever fails (S3 unreachable, 5xx, timeouts, a missing bucket, wrong
+credentials) is raised as it is and the loop retries the whole batch with backoff; rewriting
+the objects that did get written is harmless because their names and bytes are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+
+from aiokafka.structs import ConsumerRecord
+
+from capture import InvalidRecord, canonical_ip, decode, parse_time
+from config import EnvReader, SettingsError
+from sinks.loop import Item, Sink
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".jsonl.gz"
+UNKNOWN_IP = "unknown"
+PUT_CONCURRENCY = 16  # PUTs of a batch in flight at once; docs/lake.md has the measurements
+# One layer of quick retries inside a write: botocore's standard mode (2 attempts, with
+# jitter, on connection errors, throttling and 5xx); s3fs adds none on top. Past that the
+# error reaches the loop, which backs off, retries the batch and counts it in its metric.
+BOTOCORE_MAX_ATTEMPTS = 2
+S3FS_RETRIES = 1
+
+_IP_SEGMENT = re.compile(r"[0-9a-f.:]{2,39}")
+# Kafka's own rule for topic names: these characters, 1 to 249 of them, never "." or "..".
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LakeSettings:
+    """Where the lake is, how objects are compressed, how long S3 may take to answer.
+
+    `endpoint_url` None means AWS S3 itself. `access_key_id` and `secret_access_key` None
+    mean the standard AWS credential chain (environment, profile, instance role). Defaults
+    suit a local S3 server: moto or MinIO on 127.0.0.1:9000 with keys tapline/tapline-secret;
+    with S3_ENDPOINT_URL empty (AWS) the keys default to the credential chain instead.
+    """
+
+    endpoint_url: str | None
+    bucket: str
+    region: str
+    access_key_id: str | None = field(repr=False)
+    secret_access_key: str | None = field(repr=False)
+    gzip_level: int
+    timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LakeSettings:
+        reader = EnvReader(os.environ if env is None else env)
+        endpoint = reader.text("S3_ENDPOINT_URL", "http://127.0.0.1:9000").rstrip("/") or None
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"S3_ENDPOINT_URL={endpoint!r}: use http://host:port or "
+                                "https://host, or leave it empty for AWS S3")
+        bucket = reader.text("S3_BUCKET", "captures")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise SettingsError(f"S3_BUCKET={bucket!r} is not a valid bucket name")
+        key = reader.text("S3_ACCESS_KEY_ID", "tapline" if endpoint else "")
+        secret = reader.text("S3_SECRET_ACCESS_KEY", "tapline-secret" if endpoint else "")
+        if bool(key) != bool(secret):
+            raise SettingsError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither "
+                                "(empty: the standard AWS credential chain)")
+        level = reader.integer("LAKE_GZIP_LEVEL", 6, minimum=1)
+        if level > 9:
+            raise SettingsError(f"LAKE_GZIP_LEVEL={level} is above the maximum 9")
+        timeout_s = reader.number("S3_TIMEOUT_S", 30.0)
+        if timeout_s <= 0:
+            raise SettingsError("S3_TIMEOUT_S must be a positive number of seconds")
+        return cls(
+            endpoint_url=endpoint,
+            bucket=bucket,
+            region=reader.text("S3_REGION", "us-east-1") or "us-east-1",
+            access_key_id=key or None,
+            secret_access_key=secret or None,
+            gzip_level=level,
+            timeout_s=timeout_s,
+        )
+
+    def filesystem(self, *, asynchronous: bool):
+        """An s3fs filesystem for this lake (sync for scripts and the CLI, async for the sink)."""
+        import s3fs
+        from aiobotocore.session import AioSession
+
+        # A session of our own: s3fs keeps one it did not create across reconnects, and with
+        # it this handler.
+        session = AioSession()
+        session.register("before-send.s3.PutObject", _no_expect_continue)
+        fs = s3fs.S3FileSystem(
+            session=session,
+            endpoint_url=self.endpoint_url,
+            key=self.access_key_id,
+            secret=self.secret_access_key,
+            client_kwargs={"region_name": self.region},
+            config_kwargs={
+                "connect_timeout": self.timeout_s,
+                "read_timeout": self.timeout_s,
+                "retries": {"max_attempts": BOTOCORE_MAX_ATTEMPTS, "mode": "standard"},
+                "max_pool_connections": PUT_CONCURRENCY,
+            },
+            asynchronous=asynchronous,
+            skip_instance_cache=True,
+        )
+        fs.retries = S3FS_RETRIES
+        return fs
+
+
+# --- keys: pure ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ip_segment(client_ip: str) -> str:
+    """The client IP as a key segment: its canonical text form, IPv6 without a scope id, or
+    `unknown` for anything that is not an IP address. Only [0-9a-f.:] can come out, so no
+    record can make a key leave its prefix. (Cached: parsing an address costs as much as
+    decoding the record, and a client sends many.)"""
+    canonical = canonical_ip(client_ip)
+    if canonical is None:
+        return UNKNOWN_IP
+    # A scope id ("%eth0") names an interface of the host that saw the packet: meaningless in
+    # the lake, and free text besides.
+    address = canonical.partition("%")[0]
+    return address if _IP_SEGMENT.fullmatch(address) else UNKNOWN_IP
+
+
+def key_prefix(started_at: str, client_ip: str) -> str:
+    """`YYYY-MM-DD/HH/ip` of a record: the date and hour of `started_at` in UTC."""
+    try:
+        when = parse_time(started_at).astimezone(UTC)
+    except (OverflowError, ValueError) as e:  # InvalidRecord is a ValueError
+        raise InvalidRecord(f"started_at {started_at!r} has no UTC date: {e}") from None
+    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}/{when.hour:02d}/"
+            f"{ip_segment(client_ip)}")
+
+
+def object_key(prefix: str, topic: str, partition: int, first_offset: int) -> str:
+    """The key of the object holding a group whose first record is at `first_offset`."""
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise ValueError(f"{topic!r} is not a Kafka topic name")
+    return f"{prefix}/{topic}-{int(partition)}-{int(first_offset)}{SUFFIX}"
+
+
+@dataclass(slots=True)
+class LakeObject:
+    """One object to write: its key and its lines (raw records, in offset order)."""
+
+    key: str
+    lines: list[bytes]
+
+
+def plan_objects(items: Iterable[Item]) -> list[LakeObject]:
+    """Group a batch by (topic, partition, date, hour, ip), in offset order; each group is one
+    object named after the offset of its first record in this batch.
+
+    Why a re-delivered record lands in the object that already holds it, and in no other,
+    even when batch boundaries differ between attempts (a crash between a write and its
+    commit; the restart reads from the committed offset and may cut its batches elsewhere).
+    Take one partition, its committed offsets C0 < C1 < ... and the committed batches
+    [Ci, Ci+1). An attempt that starts at S names its object for group g after first_g(S),
+    g's first record at or after S.
+
+    1. Every attempt starts at a committed offset: the loop commits a batch before it writes
+       the next one, and a restart or a new owner of the partition reads from the last commit.
+    2. Say an attempt starting at Cj wrote the name o = first_g(Cj), and o lies in the
+       committed batch [Ci, Ci+1). Then Cj <= Ci <= o, g has no record in [Cj, o), so
+       first_g(Ci) = o too: the committed batch writes the same name, with g's records of
+       [Ci, Ci+1). It writes after the earlier attempt, which ran while Cj was the last
+       commit (or was an earlier try from Ci), and every later attempt starts past o, so no
+       one uses that name again.
+
+    So every name ever written ends up holding exactly g's records of the one committed
+    batch that covers it, stale copies are overwritten, and the committed batches partition
+    the log: each record is in exactly one object. What this needs: one writer per partition
+    at a time (the consumer group's job), batches never split (the sink never raises
+    PermanentWriteError), and `prepare` deterministic (poison is poison on every attempt).
+    `tests/unit/test_lake.py` replays random crash schedules against these functions.
+    """
+    groups: dict[tuple[str, int, str], LakeObject] = {}
+    for item in items:
+        message = item.message
+        prefix, raw = item.prepared
+        group = (message.topic, message.partition, prefix)
+        found = groups.get(group)
+        if found is None:
+            found = groups[group] = LakeObject(
+                object_key(prefix, message.topic, message.partition, message.offset), [])
+        found.lines.append(raw)
+    return list(groups.values())
+
+
+def ndjson_gz(lines: Sequence[bytes], level: int = 6) -> bytes:
+    """The lines as gzip-compressed NDJSON, one line each. zlib's gzip header has no time in
+    it, so the same lines always give the same bytes: a rewritten object equals the first."""
+    return zlib.compress(b"\n".join([*lines, b""]), level, wbits=16 + zlib.MAX_WBITS)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class BucketMissing(Exception):
+    """The lake's bucket does not exist. Creating it is the deployment's job, not the sink's."""
+
+    def __init__(self, settings: LakeSettings) -> None:
+        where = settings.endpoint_url or "AWS S3"
+        endpoint = f" --endpoint-url {settings.endpoint_url}" if settings.endpoint_url else ""
+        super().__init__(
+            f"bucket {settings.bucket!r} does not exist at {where}: create it (for example "
+            f"`aws s3 mb s3://{settings.bucket}{endpoint}`) or set S3_BUCKET; the lake sink "
+            "waits and retries, it does not create buckets")
+
+
+class ObjectsNotWritten(Exception):
+    """Some objects of a batch could not be written; the batch is retried whole."""
+
+
+# --- the sink --------------------------------------------------------------------------------
+
+
+def _no_expect_continue(request, **_kwargs) -> None:
+    """Send each PUT whole, without `Expect: 100-continue`. botocore asks for it on every PUT;
+    for objects this small it only costs a round trip, and when S3 drops the connection
+    aiohttp leaves the failed 100-continue wait as an unretrieved task that logs a traceback
+    (the request itself fails and is retried as usual). The header is not signed."""
+    request.headers.pop("Expect", None)
+
+
+class LakeSink(Sink):
+    """Writes each batch as gzip NDJSON objects to S3 with s3fs's async API.
+
+    Why async s3fs rather than its sync API in threads: the loop is asyncio already, and the
+    sync API is itself a wrapper that runs these same coroutines on an event loop in a
+    thread of fsspec's, so threads would add a hop per call and nothing else. The PUTs of one
+    batch run concurrently (at most PUT_CONCURRENCY), and compression, which releases the
+    GIL, runs in a worker thread so the consumer keeps fetching.
+    """
+
+    name = "lake"
+
+    def __init__(self, settings: LakeSettings) -> None:
+        self.settings = settings
+        self._fs = None
+        self._client = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            fs = self.settings.filesystem(asynchronous=True)
+            self._client = await fs.set_session()
+            self._fs = fs
+        try:
+            await self._fs._call_s3("head_bucket", Bucket=self.settings.bucket)
+        except FileNotFoundError:
+            error = BucketMissing(self.settings)
+            log.error("%s", error)
+            raise error from None
+        log.info("lake sink: writing to s3://%s at %s", self.settings.bucket,
+                 self.settings.endpoint_url or "AWS S3")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client, self._fs = self._client, None, None
+            await client.close()
+
+    def prepare(self, message: ConsumerRecord) -> tuple[str, bytes]:
+        value = message.value
+        if not value:
+            raise InvalidRecord("empty message")
+        if b"\n" in value or b"\r" in value:
+            # Only whitespace between JSON tokens can hold a raw line break, and the proxy
+            # writes none; storing it would split one record over two NDJSON lines.
+            raise InvalidRecord("a line break in the record: NDJSON holds one record a line")
+        record = decode(value)
+        return key_prefix(record.started_at, record.client_ip), value
+
+    async def write(self, items: Sequence[Item]) -> None:
+        assert self._fs is not None, "start() first"
+        objects = plan_objects(items)
+        level = self.settings.gzip_level
+        bodies = await asyncio.to_thread(lambda: [ndjson_gz(o.lines, level) for o in objects])
+        slots = asyncio.Semaphore(PUT_CONCURRENCY)
+
+        async def put(key: str, body: bytes) -> None:
+            async with slots:
+                # One PUT below 100 MB (s3fs's 2 x 50 MB chunk), multipart above: either way
+                # the object becomes visible whole, or not at all.
+                await self._fs._pipe_file(f"{self.settings.bucket}/{key}", body)
+
+        results = await asyncio.gather(
+            *(put(o.key, body) for o, body in zip(objects, bodies, strict=True)),
+            return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed:
+            return
+        for error in failed:
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+        first = failed[0]
+        if isinstance(first, FileNotFoundError):  # s3fs's word for NoSuchBucket
+            error = BucketMissing(self.settings)
+            log.error("%s", error)
+            raise error from first
+        raise ObjectsNotWritten(
+            f"{len(failed)} of {len(objects)} objects not written to "
+            f"s3://{self.settings.bucket}: {type(first).__name__}: {first}") from first

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from capture import InvalidRecord
@@ -268,10 +268,14 @@ class ConsumerLoop:
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
+        commit = {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
         try:
-            await self._consumer.commit(
-                {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
-        except (CommitFailedError, KafkaError) as e:
+            # Kafka unreachable for a moment: retry, rather than go on past an uncommitted
+            # offset (a later batch would then start where no commit says, and the lake's
+            # deterministic names rely on every batch starting at a committed offset).
+            await self._with_retry("commit", self._consumer.commit, commit,
+                                   permanent=CommitFailedError)
+        except (CommitFailedError, Stopping) as e:
             # The group moved on (a rebalance): the new owner re-reads from the last commit,
             # and idempotent writes make the repeat harmless.
             log.warning("%s: commit failed (%s); the records will be read again",

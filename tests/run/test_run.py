@@ -1,0 +1,120 @@
+"""`make run` (python -m stack run), smoke-tested as a user would use it: it starts, a request
+through each proxy port shows up in TimescaleDB and in the lake, and Ctrl-C leaves no process
+behind."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+import requests
+
+from stack import free_ports
+from stack.service import port_open
+from tests.support import REPO_ROOT, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        values[name] = shlex.split(value)[0] if value else ""
+    return values
+
+
+def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
+    names = ["KAFKA", "POSTGRES", "S3", "APP_A", "APP_B", "PROXY_A", "PROXY_B",
+             "PROXY_METRICS", "TIMESCALE_METRICS", "LAKE_METRICS"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"),
+           **{f"RUN_{name}_PORT": str(port) for name, port in ports.items()}}
+    for leftover in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "S3_ENDPOINT_URL"):
+        env.pop(leftover, None)
+    log = (tmp_path / "run.log").open("wb")
+    run = subprocess.Popen([sys.executable, "-m", "stack", "run"], cwd=REPO_ROOT, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: run.poll() is not None or "Ctrl-C stops everything" in
+                   (tmp_path / "run.log").read_text(), timeout=240, interval=0.5,
+                   what="make run to be ready")
+        assert run.poll() is None, (tmp_path / "run.log").read_text()
+        settings = read_env(tmp_path / "run" / "env")
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER",
+                     "PGDATABASE", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
+            assert settings[name], name
+
+        a = requests.get(f"http://127.0.0.1:{ports['PROXY_A']}/hello", timeout=10)
+        b = requests.post(f"http://127.0.0.1:{ports['PROXY_B']}/auth",
+                          data={"token": "mytoken"}, timeout=10)
+        assert (a.status_code, a.text, b.status_code, b.text) == (
+            200, "Hello there", 200, "density")
+
+        def rows():
+            with psycopg.connect(settings["DATABASE_URL"]) as conn:
+                return conn.execute(
+                    "SELECT app, path, status_code FROM http_requests ORDER BY app").fetchall()
+
+        assert wait_until(rows, timeout=30, what="rows") == [
+            ("app_a", "/hello", 200), ("app_b", "/auth", 200)]
+
+        s3 = boto3.client("s3", endpoint_url=settings["S3_ENDPOINT_URL"],
+                          aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+                          region_name="us-east-1")
+
+        def objects():
+            listing = s3.list_objects_v2(Bucket=settings["S3_BUCKET"])
+            return [o["Key"] for o in listing.get("Contents", [])]
+
+        keys = wait_until(objects, timeout=30, what="objects in the lake")
+        assert all(key.split("/")[2] == "127.0.0.1" for key in keys), keys
+        children = descendants(run.pid)
+        assert len(children) >= 8  # kafka, postgres, s3, 2 sinks, 2 apps, proxy (and workers)
+    finally:
+        run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = run.wait(120)
+        log.close()
+    assert code == 0, (tmp_path / "run.log").read_text()
+    time.sleep(0.5)
+    left = [pid for pid in children if alive(pid)]
+    assert left == [], f"left running: {left}"
+    # PostgreSQL's server detaches from pg_ctl, so also: nothing listens on the run's ports.
+    listening = [name for name, port in ports.items() if port_open("127.0.0.1", port)]
+    assert listening == [], f"still listening: {listening}"

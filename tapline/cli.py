@@ -170,5 +170,15 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]],
     return "\n".join(out)
 
 
+def entry() -> int:
+    """The console script: main(), quiet when a pipe (`| head`) closes early."""
+    try:
+        return main()
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -71,9 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail_cmd.add_argument("--json", action="store_true", help="print the records as JSON")
     tail_cmd.add_argument("-n", "--limit", type=int, help="stop after this many captures")
     add_lake_commands(commands)
+    add_report_command(commands)
     args = parser.parse_args(argv)
     if args.command == "lake":
         return lake_command(args)
+    if args.command == "report":
+        return report_command(args)
     # Kafka errors are reported in one line below; the client's own log would repeat them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
@@ -168,6 +171,48 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[object]],
     out += [line(r) for r in cells]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)
+
+
+# --- tapline report --------------------------------------------------------------------------
+
+
+def add_report_command(commands) -> None:
+    report = commands.add_parser(
+        "report", help="the most common failures, error rates, clients, sessions, slow paths",
+        description="Answer the usual questions from TimescaleDB for a time window: the most "
+                    "common failed requests, error rate per app in 5-minute buckets, top "
+                    "clients, sessions and the common paths through the API, slowest endpoints.")
+    report.add_argument("--since", default="1h", help="the window: 30m, 1h, 7d (default 1h)")
+    report.add_argument("--app", help="only this app")
+    report.add_argument("--session-gap", default="30m",
+                        help="a pause longer than this starts a new session (default 30m)")
+    report.add_argument("--database", default=os.environ.get(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
+        help="the database (DATABASE_URL)")
+    report.add_argument("--json", action="store_true", help="one JSON object, for machines")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from tapline.report import ReportError, build_report, parse_duration
+
+    try:
+        since, gap = parse_duration(args.since), parse_duration(args.session_gap)
+    except ReportError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 2
+    try:
+        sections = build_report(args.database, since, args.app, gap)
+    except ReportError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps({s.title: s.as_dicts() for s in sections}, default=str,
+                           option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for section in sections:
+        print(f"\n{section.title} (last {args.since}{', ' + args.app if args.app else ''})")
+        print(text_table(section.columns, section.rows))
+    return 0
 
 
 def entry() -> int:

@@ -4,13 +4,18 @@ answers agree with the traffic that was sent."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 import requests
 
-from stack import TimescaleLite
+from stack import TimescaleLite, free_port
+from tapline.report import ReportError, build_report, parse_duration
 from tests.integration.conftest import start_pipeline
 from tests.sinks.conftest import SinkProcess
 from tests.sinks.test_timescale import sink_env
@@ -145,3 +150,74 @@ def test_the_5m_view_sums_to_the_rows(analysed):
         (rows,), = conn.execute("SELECT count(*) FROM http_requests").fetchall()
         (summed,), = conn.execute("SELECT sum(requests) FROM http_requests_5m").fetchall()
     assert rows == summed == 18
+
+
+# --- tapline report, on the same traffic ---------------------------------------------------
+
+
+def report_of(database: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tapline.cli", "report", "--database",
+                           database, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_report_answers_agree_with_the_traffic(analysed):
+    sections = {s.title: s.as_dicts() for s in build_report(analysed, timedelta(hours=1))}
+    failed = {(r["method"], r["path"], r["status_code"]): r
+              for r in sections["Most common failed requests"]}
+    assert failed[("POST", "/jobs", 401)]["failures"] == 4
+    assert float(failed[("POST", "/jobs", 401)]["share_pct"]) == round(100 * 4 / 18, 2)
+    assert failed[("POST", "/auth", 401)]["failures"] == 4
+    assert failed[("GET", "/admin", 404)]["sample_client"] == "127.0.0.1"
+    rates = {}
+    for row in sections["Error rate per app, 5-minute buckets"]:
+        total = rates.setdefault(row["app"], [0, 0])
+        total[0] += row["requests"]
+        total[1] += row["errors"]
+    assert rates == {"app_a": [11, 5], "app_b": [7, 4]}
+    (client,) = sections["Top clients"]
+    assert (client["client"], client["requests"], client["errors"]) == ("127.0.0.1", 18, 9)
+    (sessions,) = sections["Sessions per client"]
+    assert (sessions["sessions"], float(sessions["requests_per_session"])) == (1, 18.0)
+    paths = {r["path_through_api"]: r["times"]
+             for r in sections["Most common paths through the API"]}
+    assert paths["GET /hello -> POST /jobs"] == 3
+    slow = {(r["app"], r["method"], r["path"]): r for r in sections["Slowest endpoints"]}
+    assert slow[("app_a", "POST", "/jobs")]["requests"] == 7
+    # A gap shorter than any pause splits every request into a session of its own.
+    split = {s.title: s.as_dicts() for s in build_report(
+        analysed, timedelta(hours=1), session_gap=timedelta(microseconds=1))}
+    assert split["Sessions per client"][0]["sessions"] == 18
+    only_b = {s.title: s.as_dicts() for s in build_report(analysed, timedelta(hours=1), "app_b")}
+    assert only_b["Top clients"][0]["requests"] == 7
+
+
+def test_report_cli_tables_json_and_mistakes(analysed):
+    table = report_of(analysed, "--since", "2h")
+    assert table.returncode == 0, table.stderr
+    assert "Most common failed requests (last 2h)" in table.stdout
+    assert "GET /hello -> POST /jobs" in table.stdout
+    machine = report_of(analysed, "--json")
+    assert machine.returncode == 0
+    assert orjson.loads(machine.stdout)["Top clients"][0]["requests"] == 18
+    bad = report_of(analysed, "--since", "an hour")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "tapline: bad duration 'an hour': use a number and a unit, e.g. 30m, 1h, 7d")
+    empty = report_of(analysed, "--app", "nosuch")
+    assert (empty.returncode, empty.stderr.strip()) == (
+        1, "tapline: no requests in the last 1h for app nosuch")
+
+
+def test_report_without_a_database_says_so():
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/tapline"
+    result = report_of(nowhere)
+    assert result.returncode == 1
+    assert result.stderr.startswith("tapline: cannot reach the database:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_parse_duration():
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration(" 7d ") == timedelta(days=7)
+    for wrong in ("", "1", "h", "0m", "-1h", "1y"):
+        with pytest.raises(ReportError):
+            parse_duration(wrong)

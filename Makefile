@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 
 # Where `make load` sends traffic: the proxy in front of app_a.
 APP_A ?= http://127.0.0.1:5000
+APP_B ?= http://127.0.0.1:5001
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +30,11 @@ fetch: $(STAMP)
 run: fetch
 	RUN_RESET=$(RESET) $(BIN)/python -m stack run
 
-# The seed's traffic through the proxy, and failures for the analytics to find.
-load:
+# The seed's own ab command through the proxy, then `tapline load`: simulated clients, good and
+# bad tokens, unknown paths, wrong methods, large bodies, with a tally to compare with the report.
+load: $(STAMP)
 	ab -q -m POST -H "Authorization: mytoken" -n 500 -c 4 $(APP_A)/jobs | grep -E "Complete|Failed|Non-2xx|Requests per"
-	ab -q -n 200 -c 4 $(APP_A)/hello | grep -E "Complete|Failed|Requests per"
-	ab -q -m POST -H "Authorization: stolen-token" -n 50 -c 2 $(APP_A)/jobs | grep -E "Complete|Non-2xx"
-	ab -q -m POST -n 20 $(APP_A)/jobs | grep -E "Complete|Non-2xx"
-	ab -q -n 30 $(APP_A)/admin | grep -E "Complete|Non-2xx"
+	$(BIN)/tapline load --app-a $(APP_A) --app-b $(APP_B) --duration 20s
 
 test: fetch
 	$(BIN)/python -m pytest

@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail_cmd.add_argument("-n", "--limit", type=int, help="stop after this many captures")
     add_lake_commands(commands)
     add_report_command(commands)
+    add_load_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "load":
+        return load_command(args)
     if args.command == "lake":
         return lake_command(args)
     if args.command == "report":
@@ -213,6 +216,58 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"\n{section.title} (last {args.since}{', ' + args.app if args.app else ''})")
         print(text_table(section.columns, section.rows))
     return 0
+
+
+# --- tapline load ----------------------------------------------------------------------------
+
+
+def add_load_command(commands) -> None:
+    load = commands.add_parser(
+        "load", help="realistic traffic through the proxy, with a tally",
+        description="Send realistic traffic through the proxy: several clients (as "
+                    "X-Forwarded-For, believed only from PROXY_TRUSTED_PROXIES), good and bad "
+                    "tokens, unknown paths, wrong methods, small and large bodies; then print "
+                    "what was sent per status code, to compare with `tapline report`.")
+    load.add_argument("--app-a", default="http://127.0.0.1:5000", help="the proxy for app_a")
+    load.add_argument("--app-b", default="http://127.0.0.1:5001", help="the proxy for app_b")
+    load.add_argument("--rate", type=float, default=50.0, help="requests per second (50)")
+    load.add_argument("--duration", default="20s", help="how long: 20s, 2m (20s)")
+    load.add_argument("--clients", type=int, default=8, help="simulated clients (8)")
+    load.add_argument("--concurrency", type=int, default=4, help="requests in flight (4)")
+    load.add_argument("--seed", type=int, default=1, help="the same seed, the same traffic")
+    load.add_argument("--json", action="store_true", help="print the tally as JSON")
+
+
+def load_command(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from tapline.load import run_load, summary_rows
+    from tapline.report import ReportError, parse_duration
+
+    try:
+        duration = parse_duration(args.duration).total_seconds()
+    except ReportError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 2
+    if args.rate <= 0 or args.clients < 1 or args.concurrency < 1:
+        print("tapline: --rate, --clients and --concurrency must be positive", file=sys.stderr)
+        return 2
+    total = max(1, int(args.rate * duration))
+    with Progress(transient=True, disable=args.json) as progress:
+        task = progress.add_task("sending", total=total)
+        tally = run_load(args.app_a, args.app_b, rate=args.rate, duration_s=duration,
+                         clients=args.clients, concurrency=args.concurrency, seed=args.seed,
+                         progress=lambda: progress.advance(task))
+    if args.json:
+        print(orjson.dumps({
+            "sent": tally.sent, "no_answer": tally.failures,
+            "by_status": {str(k): v for k, v in sorted(tally.by_status.items())},
+            "by_client": dict(sorted(tally.by_client.items())),
+        }, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"sent {tally.sent} requests from {len(tally.by_client)} clients")
+        print(text_table(["status", "sent"], summary_rows(tally)))
+    return 0 if tally.failures == 0 else 1
 
 
 def entry() -> int:

@@ -30,10 +30,12 @@ PROJECT_IMAGE = "tapline:local"
 PROJECT_SERVICES = {"app_a", "app_b", "proxy", "sink-timescale", "sink-lake"}
 STORES = {"kafka", "timescaledb", "seaweedfs"}
 ONE_SHOT = {"seaweedfs-init"}
-LONG_RUNNING = PROJECT_SERVICES | STORES
+TOOLS = {"grafana"}
+LONG_RUNNING = PROJECT_SERVICES | STORES | TOOLS
 # What the host sees, and of whom: the apps' usual ports (the proxy's listeners), the database,
-# the lake's S3 API. All on loopback.
-PUBLISHED = {5000: "proxy", 5001: "proxy", 5432: "timescaledb", 8333: "seaweedfs"}
+# the lake's S3 API, Grafana. All on loopback.
+PUBLISHED = {5000: "proxy", 5001: "proxy", 5432: "timescaledb", 8333: "seaweedfs",
+             3000: "grafana"}
 LOOPBACK = "127.0.0.1"
 
 
@@ -77,7 +79,7 @@ def test_project_services_run_the_project_image(services):
     for name in PROJECT_SERVICES:
         assert services[name]["image"] == PROJECT_IMAGE, name
         assert services[name]["build"]["context"] == ".", name
-    for name in STORES | ONE_SHOT:
+    for name in STORES | ONE_SHOT | TOOLS:
         assert services[name]["image"] != PROJECT_IMAGE, name
 
 
@@ -120,6 +122,7 @@ def test_start_order(services):
     assert needs("sink-timescale") == {"kafka", "timescaledb"}
     assert needs("sink-lake") == {"kafka", "seaweedfs", "seaweedfs-init"}
     assert needs("seaweedfs-init") == {"seaweedfs"}
+    assert needs("grafana") == {"timescaledb"}
 
 
 def test_project_services_use_only_documented_settings(services):
@@ -185,8 +188,27 @@ def test_sinks_reach_their_stores(services):
     assert {lake["SINK_METRICS_PORT"], timescale["SINK_METRICS_PORT"]} == {9102, 9103}
 
 
+
+def test_grafana_reads_the_database_it_is_given(services):
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana-oss:")
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:-")
+    # The provisioned data source takes the database's own password from this variable.
+    assert env["POSTGRES_PASSWORD"] == services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "/api/health" in " ".join(grafana["healthcheck"]["test"])
+    source = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/timescaledb.yaml").read_text())
+    (datasource,) = source["datasources"]
+    assert datasource["url"] == "timescaledb:5432"
+    assert datasource["jsonData"]["database"] == services["timescaledb"]["environment"][
+        "POSTGRES_DB"]
+    assert datasource["user"] == services["timescaledb"]["environment"]["POSTGRES_USER"]
+    assert datasource["secureJsonData"]["password"] == "${POSTGRES_PASSWORD}"
+
 def test_stores_keep_data_in_named_volumes(compose, services):
-    for name in ("kafka", "timescaledb", "seaweedfs", "app_b"):
+    for name in ("kafka", "timescaledb", "seaweedfs", "app_b", "grafana"):
         sources = [mount.split(":", 1)[0] for mount in services[name]["volumes"]]
         assert any(source in compose["volumes"] for source in sources), name
 
@@ -310,10 +332,13 @@ def test_compose_normalized_file(docker_compose):
 
 def test_compose_takes_settings_from_the_environment(docker_compose):
     done = compose_config(docker_compose, "--format", "json",
-                          env={"POSTGRES_PASSWORD": "s3cret", "S3_BUCKET": "lake-test"})
+                          env={"POSTGRES_PASSWORD": "s3cret", "S3_BUCKET": "lake-test",
+                               "GRAFANA_ADMIN_PASSWORD": "gr4fana"})
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
     assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    assert services["grafana"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gr4fana"
     assert ":s3cret@timescaledb:" in services["sink-timescale"]["environment"]["DATABASE_URL"]
     for name in ("seaweedfs", "seaweedfs-init", "sink-lake"):
         assert services[name]["environment"]["S3_BUCKET"] == "lake-test", name

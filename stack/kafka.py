@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from stack.cache import fetched_once
 from stack.errors import StartupFailed, ToolMissing
 from stack.service import LOOPBACK, ProcessService, free_ports, port_open
 
 STACK_DIR = Path(__file__).resolve().parent
 POM = STACK_DIR / "pom.xml"
 LOG4J_CONFIG = STACK_DIR / "log4j2.xml"
-_STAMP = ".pom-sha256"  # in the libs folder: which pom.xml its jars were fetched for
 
 # A small heap is plenty for tests. C1 only (TieredStopAtLevel=1) starts the broker about a
 # second and a half faster on two cores; its lower peak speed does not matter next to mitmproxy.
@@ -42,65 +40,29 @@ DEFAULT_JVM_OPTIONS: tuple[str, ...] = (
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-def cache_dir() -> Path:
-    """Where downloads are kept: $TAPLINE_CACHE, else .cache/ at the repository's root."""
-    configured = os.environ.get("TAPLINE_CACHE")
-    return Path(configured) if configured else STACK_DIR.parent / ".cache"
-
-
 def kafka_libs(cache: Path | None = None, timeout_s: float = 900.0) -> Path:
     """Return the folder that holds the broker's jars, running Maven to fill it the first time.
 
-    The folder is `<cache>/kafka-libs`. It is fetched again when stack/pom.xml changes (a stamp
-    file keeps the pom's hash), under a file lock so parallel test runs fetch only once, and into
-    a temporary folder first so a failed download never looks like a complete one.
+    The folder is `<cache>/kafka-libs`, fetched again when stack/pom.xml changes (see
+    stack.cache.fetched_once for the locking and the all-or-nothing rename).
     """
-    cache = cache or cache_dir()
-    libs = cache / "kafka-libs"
-    wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
-    if _stamp(libs) == wanted:
-        return libs
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / "kafka-libs.lock"):
-        if _stamp(libs) == wanted:  # another process fetched them while we waited
-            return libs
+
+    def fill(folder: Path) -> None:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise ToolMissing("Maven (mvn) is needed to fetch Kafka's jars but is not on PATH")
-        partial = cache / f"kafka-libs.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
         command = [
             mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM),
-            "dependency:copy-dependencies", f"-DoutputDirectory={partial}",
+            "dependency:copy-dependencies", f"-DoutputDirectory={folder}",
             "-DincludeScope=runtime",
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        if done.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
-            shutil.rmtree(partial, ignore_errors=True)
+        if done.returncode != 0 or not any(folder.glob("kafka_2.13-*.jar")):
             output = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
             raise StartupFailed(f"Maven could not fetch Kafka's jars ({' '.join(command)}):\n"
                                 f"{output}")
-        (partial / _STAMP).write_text(wanted)
-        shutil.rmtree(libs, ignore_errors=True)
-        partial.rename(libs)
-    return libs
 
-
-def _stamp(libs: Path) -> str | None:
-    try:
-        return (libs / _STAMP).read_text().strip()
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return fetched_once("kafka-libs", POM, fill, cache)
 
 
 def find_java() -> Path:

@@ -15,25 +15,20 @@ What a client must know (see server.mjs for why):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
+from stack.cache import fetched_once
 from stack.errors import StartupFailed, ToolMissing
-from stack.kafka import cache_dir
 from stack.service import LOOPBACK, ProcessService, free_port, port_open
 
 STACK_DIR = Path(__file__).resolve().parent
 PGLITE_DIR = STACK_DIR / "pglite"
 PACKAGE_JSON = PGLITE_DIR / "package.json"
 SERVER_SCRIPT = PGLITE_DIR / "server.mjs"
-_STAMP = ".package-sha256"  # in the modules folder: which package.json it was installed for
 _TEMPLATE = "template"  # in the modules folder: a new, empty cluster to copy for each service
 _NODE_MAJOR_MIN = 18
 
@@ -57,50 +52,35 @@ def pglite_modules(cache: Path | None = None, timeout_s: float = 600.0) -> Path:
 
     The folder is `<cache>/pglite`: stack/pglite/package.json, its node_modules, and `template`,
     an empty cluster made once, which each new service copies (a cluster of its own takes about
-    three times longer to start than a copy). It is made again when package.json changes (a stamp
-    keeps its hash), under a file lock so parallel test runs install once, and in a temporary
-    folder first so a failed install never looks like a complete one. npm writes no lock file:
-    package.json pins the one package, which depends on nothing.
+    three times longer to start than a copy). It is made again when package.json changes (see
+    stack.cache.fetched_once). npm writes no lock file: package.json pins the one package,
+    which depends on nothing.
     """
-    cache = cache or cache_dir()
-    modules = cache / "pglite"
-    wanted = hashlib.sha256(PACKAGE_JSON.read_bytes()).hexdigest()
-    if _stamp(modules) == wanted:
-        return modules
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / "pglite.lock"):
-        if _stamp(modules) == wanted:  # another process installed them while we waited
-            return modules
+
+    def fill(folder: Path) -> None:
         node = find_node()
         npm = shutil.which("npm")
         if npm is None:
             raise ToolMissing("npm is needed to install PGlite (TimescaleDB as WASM) but is not "
                               "on PATH")
-        partial = cache / f"pglite.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        shutil.copy2(PACKAGE_JSON, partial / "package.json")
+        shutil.copy2(PACKAGE_JSON, folder / "package.json")
         command = [npm, "install", "--no-package-lock", "--no-audit", "--no-fund",
                    "--loglevel=error"]
-        done = subprocess.run(command, cwd=partial, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
                               timeout=timeout_s)
         if done.returncode != 0:
-            shutil.rmtree(partial, ignore_errors=True)
             raise StartupFailed(f"npm could not install PGlite ({' '.join(command)} in "
-                                f"{partial}):\n{_last_lines(done)}")
-        _install_script(partial)
-        command = [str(node), str(partial / SERVER_SCRIPT.name), "--init-only",
-                   "--data-dir", str(partial / _TEMPLATE)]
-        done = subprocess.run(command, cwd=partial, capture_output=True, text=True,
+                                f"{folder}):\n{_last_lines(done)}")
+        _install_script(folder)
+        command = [str(node), str(folder / SERVER_SCRIPT.name), "--init-only",
+                   "--data-dir", str(folder / _TEMPLATE)]
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
                               timeout=timeout_s)
-        if done.returncode != 0 or not (partial / _TEMPLATE / "PG_VERSION").is_file():
-            shutil.rmtree(partial, ignore_errors=True)
+        if done.returncode != 0 or not (folder / _TEMPLATE / "PG_VERSION").is_file():
             raise StartupFailed(f"PGlite could not create its first cluster "
                                 f"({' '.join(command)}):\n{_last_lines(done)}")
-        (partial / _STAMP).write_text(wanted)
-        shutil.rmtree(modules, ignore_errors=True)
-        partial.rename(modules)
-    return modules
+
+    return fetched_once("pglite", PACKAGE_JSON, fill, cache)
 
 
 def _install_script(modules: Path) -> Path:
@@ -118,25 +98,11 @@ def _install_script(modules: Path) -> Path:
     return target
 
 
-def _stamp(modules: Path) -> str | None:
-    try:
-        return (modules / _STAMP).read_text().strip()
-    except OSError:
-        return None
-
 
 def _last_lines(done: subprocess.CompletedProcess[str], count: int = 30) -> str:
     return "\n".join((done.stdout + done.stderr).splitlines()[-count:])
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class TimescaleLite(ProcessService):

@@ -12,10 +12,12 @@ the cost of an error or a wait for the client.
 from __future__ import annotations
 
 import logging
+import os
 
 from mitmproxy import ctx, exceptions, http
 
 from capture import encode
+from capture.redact import DEFAULT_FIELDS, DEFAULT_HEADERS, Redactor
 from proxy.exchange import build_record, tap_request, tap_response
 from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer
@@ -32,6 +34,7 @@ class CaptureAddon:
         self.metrics: ProxyMetrics | None = None
         self.producer: CaptureProducer | None = None
         self.apps: dict[int, str] = {}
+        self.redactor: Redactor | None = None
 
     def load(self, loader) -> None:
         if self.settings is None:
@@ -40,6 +43,7 @@ class CaptureAddon:
             except SettingsError as e:
                 raise exceptions.OptionsError(str(e)) from None
         self.apps = {route.port: route.app for route in self.settings.routes}
+        self.redactor = make_redactor(self.settings)
         self.metrics = ProxyMetrics()
         self.producer = CaptureProducer(self.settings, self.metrics)
 
@@ -104,7 +108,23 @@ class CaptureAddon:
             body_cap=body_cap,
             trusted=self.settings.trusted_proxies,
         )
+        if self.redactor is not None:
+            self.redactor.redact(record)
         return record.client_ip.encode(), encode(record)
+
+
+def make_redactor(settings: ProxySettings) -> Redactor | None:
+    """The redactor the settings ask for; None (and a warning) when redaction is off."""
+    if not settings.redact:
+        log.warning("CAPTURE_REDACT is off: credentials will be captured in clear text")
+        return None
+    key = settings.redact_key
+    if key is None:
+        key = os.urandom(32)
+        log.warning("CAPTURE_REDACT_KEY is not set: using a random key, so credential "
+                    "fingerprints change when the proxy restarts")
+    return Redactor(key, headers=DEFAULT_HEADERS + settings.redact_headers,
+                    fields=DEFAULT_FIELDS + settings.redact_fields)
 
 
 addons = [CaptureAddon()]

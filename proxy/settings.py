@@ -78,6 +78,10 @@ class ProxySettings:
     metrics_host: str
     metrics_port: int
     log_connections: bool
+    redact: bool
+    redact_key: bytes | None
+    redact_headers: tuple[str, ...]
+    redact_fields: tuple[str, ...]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
@@ -108,6 +112,10 @@ class ProxySettings:
             metrics_host=reader.text("PROXY_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.integer("PROXY_METRICS_PORT", 9101, minimum=0),
             log_connections=reader.flag("PROXY_LOG_CONNECTIONS", False),
+            redact=reader.flag("CAPTURE_REDACT", True),
+            redact_key=reader.text("CAPTURE_REDACT_KEY", "").encode() or None,
+            redact_headers=_names(reader.text("CAPTURE_REDACT_HEADERS", "")),
+            redact_fields=_names(reader.text("CAPTURE_REDACT_FIELDS", "")),
         )
         if settings.queue_max_bytes < settings.max_record_bytes:
             raise SettingsError(
@@ -115,3 +123,7 @@ class ProxySettings:
                 f"CAPTURE_MAX_RECORD_BYTES ({settings.max_record_bytes})"
             )
         return settings
+
+
+def _names(spec: str) -> tuple[str, ...]:
+    return tuple(name.strip().lower() for name in spec.split(",") if name.strip())

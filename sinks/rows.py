@@ -20,7 +20,7 @@ COLUMNS = (
     "path", "query", "params", "status_code", "reason", "http_version", "duration_ms",
     "ended_at", "request_size", "response_size", "user_agent", "error", "request_headers",
     "response_headers", "request_body", "request_body_encoding", "request_body_truncated",
-    "response_body", "response_body_encoding", "response_body_truncated",
+    "response_body", "response_body_encoding", "response_body_truncated", "principal",
 )
 
 
@@ -61,6 +61,7 @@ def row_of(record: CaptureRecord, body_max_bytes: int) -> tuple:
         response_body[0],
         response_body[1],
         bool(response and response.body_truncated) or response_body[2],
+        principal(request.headers),
     )
 
 
@@ -78,6 +79,13 @@ def merged_params(params: dict[str, list]) -> dict[str, Any]:
                 merged[name] = [merged[name], value]
                 repeated.add(name)
     return merged
+
+
+def principal(headers: list[list[str]]) -> str | None:
+    """Who made the request: the Authorization header's fingerprint (`hmac:...`), as the proxy
+    left it. A clear-text value (redaction off) is not copied into a column of its own."""
+    value = header(headers, "authorization")
+    return value if value is not None and value.startswith("hmac:") else None
 
 
 def header(headers: list[list[str]], name: str) -> str | None:

@@ -25,7 +25,7 @@ from sinks.settings import TimescaleSettings
 
 log = logging.getLogger(__name__)
 
-INSERT_CHUNK_ROWS = 500  # 500 rows x 28 columns stays far below the 65,535 parameter limit
+INSERT_CHUNK_ROWS = 500  # 500 rows x 29 columns stays far below the 65,535 parameter limit
 _COLUMN_LIST = ", ".join(COLUMNS)
 
 

@@ -75,6 +75,18 @@ GROUP BY client_ip
 ORDER BY requests DESC, errors DESC
 LIMIT 10"""
 
+# Users: the fingerprints of their credentials (the proxy never lets the credential through).
+USERS = f"""
+SELECT principal AS user_fingerprint, count(*) AS requests,
+       count(*) FILTER (WHERE status_code >= 400 OR status_code IS NULL) AS errors,
+       count(DISTINCT client_ip) AS clients,
+       mode() WITHIN GROUP (ORDER BY method || ' ' || path) AS mostly_calls
+FROM http_requests
+WHERE {WINDOW} AND principal IS NOT NULL
+GROUP BY principal
+ORDER BY requests DESC, errors DESC
+LIMIT 10"""
+
 # Sessions: a client's requests, split where it was quiet for longer than the gap.
 SESSIONS = f"""
 WITH steps AS (
@@ -123,6 +135,7 @@ SECTIONS = [
     ("Most common failed requests", FAILED),
     ("Error rate per app, 5-minute buckets", ERROR_RATE),
     ("Top clients", CLIENTS),
+    ("Top users (credential fingerprints)", USERS),
     ("Sessions per client", SESSIONS),
     ("Most common paths through the API", PATHS),
     ("Slowest endpoints", SLOWEST),

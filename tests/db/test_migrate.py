@@ -20,6 +20,8 @@ from stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
+HEAD = "0002"  # the newest revision in db/migrations/versions
+
 
 def version(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
@@ -30,7 +32,7 @@ def test_migrate_twice_builds_once_in_mode_postgresql(pg_url, caplog):
     caplog.set_level("INFO", logger="db")
     assert db.migrate(pg_url) == db.POSTGRESQL
     assert db.migrate(pg_url) == db.POSTGRESQL
-    assert version(pg_url) == ["0001"]
+    assert version(pg_url) == [HEAD]
     assert "mode postgresql" in caplog.text  # the mode found is logged
     with psycopg.connect(pg_url) as conn:
         assert db.schema_mode(conn) == db.POSTGRESQL
@@ -60,14 +62,14 @@ def test_migrate_waits_for_the_migration_lock(pg_url):
         holder.execute("SELECT pg_advisory_unlock(%s)", (db.MIGRATION_LOCK_KEY,))
         worker.join(timeout=30)
     assert done.is_set()
-    assert version(pg_url) == ["0001"]
+    assert version(pg_url) == [HEAD]
 
 
 def test_threads_migrating_at_once_agree(pg_url):
     with ThreadPoolExecutor(max_workers=4) as pool:
         modes = list(pool.map(lambda _: db.migrate(pg_url), range(4)))
     assert modes == [db.POSTGRESQL] * 4
-    assert version(pg_url) == ["0001"]
+    assert version(pg_url) == [HEAD]
 
 
 def upgrade_processes(url: str, count: int, *options: str) -> list[subprocess.CompletedProcess]:
@@ -93,11 +95,11 @@ def test_processes_migrating_a_new_database_at_once_build_one_schema(pg_url):
     # Exactly one of them ran the migration; the others found the schema at head.
     assert sum("Running upgrade" in done.stderr for done in finished) == 1, [
         done.stderr for done in finished]
-    assert version(pg_url) == ["0001"]
+    assert version(pg_url) == [HEAD]
     with psycopg.connect(pg_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_class WHERE relname LIKE 'http_requests%%' AND relkind IN "
-            "('r', 'v', 'i')").fetchone()[0] == 7  # table, view, five indexes
+            "('r', 'v', 'i')").fetchone()[0] == 8  # table, view, six indexes
 
 
 def test_cli_mode_prints_the_mode(pg_url, capsys):
@@ -133,7 +135,7 @@ def test_alembic_commands_work_from_code_and_downgrade_removes_the_schema(pg_url
     # Without a connection, db/migrations/env.py opens one to DATABASE_URL and takes the lock.
     monkeypatch.setenv("DATABASE_URL", pg_url)
     command.upgrade(db.alembic_config(), "head")
-    assert version(pg_url) == ["0001"]
+    assert version(pg_url) == [HEAD]
     command.downgrade(db.alembic_config(), "base")
     with psycopg.connect(pg_url) as conn:
         assert conn.execute(

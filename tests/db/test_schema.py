@@ -36,6 +36,7 @@ TABLE_COLUMNS = [
     ("response_body_encoding", "text", "YES", None),
     ("response_body_truncated", "boolean", "NO", "false"),
     ("inserted_at", "timestamp with time zone", "NO", "now()"),
+    ("principal", "text", "YES", None),  # revision 0002
 ]
 VIEW_COLUMNS = [
     ("bucket", "timestamp with time zone"),
@@ -58,6 +59,7 @@ INDEXES = {
     "http_requests_failed_time_idx": (
         "(status_code, \"time\" DESC) WHERE ((status_code >= 400) OR (status_code IS NULL))"
     ),
+    "http_requests_principal_time_idx": "(principal, \"time\" DESC) WHERE (principal IS NOT NULL)",
 }
 
 

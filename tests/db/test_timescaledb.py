@@ -33,7 +33,7 @@ def test_migrate_again_changes_nothing(timescale_url):
     assert db.migrate(timescale_url) == db.TIMESCALEDB
     with psycopg.connect(timescale_url) as conn:
         assert db.schema_mode(conn) == db.TIMESCALEDB
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
 
 
 def test_http_requests_is_a_hypertable_of_one_day_chunks(timescale_url):

@@ -11,13 +11,15 @@ import pytest
 import requests
 
 from capture import decode, decode_body
+from capture.redact import Redactor
 from tests.integration import echo_app
-from tests.integration.conftest import start_pipeline
+from tests.integration.conftest import REDACT_KEY, start_pipeline
 from tests.support import metric, read_topic
 
 pytestmark = pytest.mark.integration
 
 JOBS = "Jobs:\nTitle: Devops\nDescription: Awesome\n"
+fingerprint = Redactor(REDACT_KEY).fingerprint
 CAP = 64 * 1024
 
 
@@ -40,10 +42,11 @@ def records_of(pipeline, expect, skip=0):
 def test_every_exchange_is_one_record_with_what_the_client_saw(pipeline):
     sent = []  # (app, method, path, status, request body, response body)
 
-    def call(method, base, path, app, **kwargs):
+    def call(method, base, path, app, stored_body=None, **kwargs):
         response = requests.request(method, base + path, timeout=10, **kwargs)
+        body = kwargs.get("data", b"") if stored_body is None else stored_body
         sent.append((app, method, path.partition("?")[0], response.status_code,
-                     kwargs.get("data", b""), response.content))
+                     body, response.content))
         return response
 
     assert call("GET", pipeline.app_a, "/hello", "app_a").text == "Hello there"
@@ -54,7 +57,9 @@ def test_every_exchange_is_one_record_with_what_the_client_saw(pipeline):
     assert call("POST", pipeline.app_a, "/jobs", "app_a").status_code == 401  # no header
     assert call("GET", pipeline.app_a, "/jobs", "app_a").status_code == 405
     assert call("GET", pipeline.app_a, "/nope?x=1&x=2", "app_a").status_code == 404
+    # The record keeps the form, with the credential fingerprinted.
     auth = call("POST", pipeline.app_b, "/auth", "app_b", data=b"token=token-alice",
+                stored_body=f"token={fingerprint('token-alice').replace(':', '%3A')}".encode(),
                 headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert (auth.status_code, auth.text) == (200, "alice")
 
@@ -63,9 +68,11 @@ def test_every_exchange_is_one_record_with_what_the_client_saw(pipeline):
     assert len(records) == len(sent) + 2
     assert len({r.id for r in records}) == len(records)
 
+    alice = [["token", fingerprint("token-alice")]]
     internal = [r for r in records if r.app == "app_b" and r.request.path == "/auth"
-                and r.request.params["form"] != [["token", "token-alice"]]]
-    assert sorted(r.request.params["form"][0][1] for r in internal) == ["bad", "mytoken"]
+                and r.request.params["form"] != alice]
+    assert sorted(r.request.params["form"][0][1] for r in internal) == sorted(
+        [fingerprint("bad"), fingerprint("mytoken")])
     assert sorted(r.response.status_code for r in internal) == [200, 401]
 
     client_side = [r for r in records if r not in internal]
@@ -91,7 +98,7 @@ def test_every_exchange_is_one_record_with_what_the_client_saw(pipeline):
     assert nope.request.query == "x=1&x=2"
     assert nope.request.params["query"] == [["x", "1"], ["x", "2"]]
     jobs = next(r for r in client_side if r.request.path == "/jobs"
-                and ["Authorization", "mytoken"] in r.request.headers)
+                and ["Authorization", fingerprint("mytoken")] in r.request.headers)
     assert jobs.response.body == JOBS
     assert jobs.request.host == pipeline.app_a.removeprefix("http://")
     assert metric(pipeline.metrics, "tapline_proxy_captures_total") >= len(records)
@@ -136,6 +143,8 @@ def test_the_seeds_ab_command_is_captured_one_to_one(pipeline):
     assert "Failed requests:        0" in result.stdout
     assert "Non-2xx responses" not in result.stdout
 
+    raw = [value for _k, value in read_topic(
+        pipeline.bootstrap, pipeline.topic, expect=before + 1000)[before:]]
     records = records_of(pipeline, expect=1000, skip=before)
     assert len(records) == 1000
     assert len({r.id for r in records}) == 1000
@@ -146,7 +155,8 @@ def test_the_seeds_ab_command_is_captured_one_to_one(pipeline):
         ("POST", "/jobs", 200)}
     assert {r.response.body for r in jobs} == {JOBS}
     assert {r.response.body for r in auth} == {"density"}
-    assert all(["Authorization", "mytoken"] in r.request.headers for r in jobs)
+    assert all(["Authorization", fingerprint("mytoken")] in r.request.headers for r in jobs)
+    assert not any(b"mytoken" in value for value in raw)
 
 
 def test_a_record_over_the_topic_cap_is_cut_to_fit_and_delivered(kafka, tmp_path):

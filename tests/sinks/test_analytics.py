@@ -14,14 +14,17 @@ import psycopg
 import pytest
 import requests
 
+from capture.redact import Redactor
 from stack import TimescaleLite, free_port
 from tapline.report import ReportError, build_report, parse_duration
-from tests.integration.conftest import start_pipeline
+from tests.integration.conftest import REDACT_KEY, start_pipeline
 from tests.sinks.conftest import SinkProcess
 from tests.sinks.test_timescale import sink_env
 from tests.support import fresh_database, sample, wait_until
 
 pytestmark = pytest.mark.integration
+
+fingerprint = Redactor(REDACT_KEY).fingerprint
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analytics.md"
 
@@ -176,6 +179,9 @@ def test_report_answers_agree_with_the_traffic(analysed):
     assert rates == {"app_a": [11, 5], "app_b": [7, 4]}
     (client,) = sections["Top clients"]
     assert (client["client"], client["requests"], client["errors"]) == ("127.0.0.1", 18, 9)
+    users = {r["user_fingerprint"]: (r["requests"], r["errors"])
+             for r in sections["Top users (credential fingerprints)"]}
+    assert users == {fingerprint("mytoken"): (3, 0), fingerprint("stolen"): (4, 4)}
     (sessions,) = sections["Sessions per client"]
     assert (sessions["sessions"], float(sessions["requests_per_session"])) == (1, 18.0)
     paths = {r["path_through_api"]: r["times"]

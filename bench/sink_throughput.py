@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stack import free_port, kafka_from_env, postgres_from_env  # noqa: E402
+from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.support import fresh_database, produce, sample, scrape  # noqa: E402
 
@@ -96,6 +96,12 @@ def main() -> int:
                 postgres = postgres_from_env(workdir / "postgres")
                 postgres.start()
                 services.append(postgres)
+            else:
+                s3 = s3_from_env(workdir / "s3")  # with its bucket, `captures`
+                s3.start()
+                services.append(s3)
+                env.update({"S3_ENDPOINT_URL": s3.endpoint_url, "S3_BUCKET": "captures",
+                            "S3_ACCESS_KEY_ID": "tapline", "S3_SECRET_ACCESS_KEY": "tapline"})
             print("sink       records  batch  drain_s  records/s  peak_rss_mb", flush=True)
             for records in args.records:
                 for batch in args.batch:

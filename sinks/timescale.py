@@ -12,13 +12,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import orjson
 import psycopg
 import sqlalchemy as sa
 from aiokafka.structs import ConsumerRecord
 
 import db
-from capture import InvalidRecord, from_dict
+from capture import InvalidRecord, decode
 from sinks.loop import Item, PermanentWriteError, Sink
 from sinks.rows import COLUMNS, row_of
 from sinks.settings import TimescaleSettings
@@ -60,11 +59,7 @@ class TimescaleSink(Sink):
     def prepare(self, message: ConsumerRecord) -> tuple:
         if not message.value:
             raise InvalidRecord("empty message")
-        try:
-            obj = orjson.loads(message.value)
-        except orjson.JSONDecodeError as e:
-            raise InvalidRecord(f"not JSON: {e}") from None
-        return row_of(from_dict(obj), self.settings.body_max_bytes)
+        return row_of(decode(message.value), self.settings.body_max_bytes)
 
     async def write(self, items: Sequence[Item]) -> None:
         rows = [item.prepared for item in items]

@@ -17,12 +17,16 @@ ADDON = Path(__file__).with_name("addon.py")
 
 
 def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
+    first, *more = settings.listen_hosts
     args = []
     for route in settings.routes:
         args += ["--mode", route.mode]
+        # mitmdump takes one --listen-host; a listener on another address names it itself.
+        for host in more:
+            args += ["--mode", route.mode_on(host)]
     return [
         *args,
-        "--listen-host", settings.listen_host,
+        "--listen-host", first,
         # The record keeps the headers the client sent; by default reverse mode rewrites Host
         # to the upstream's before any hook sees it.
         "--set", "keep_host_header=true",
@@ -40,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tapline proxy: {e}", file=sys.stderr)
         return 2
     for route in settings.routes:
-        print(f"tapline proxy: {route.app}: {settings.listen_host}:{route.port} -> "
-              f"{route.upstream}", file=sys.stderr, flush=True)
+        where = ", ".join(f"[{host}]:{route.port}" if ":" in host else f"{host}:{route.port}"
+                          for host in settings.listen_hosts)
+        print(f"tapline proxy: {route.app}: {where} -> {route.upstream}",
+              file=sys.stderr, flush=True)
     # mitmproxy logs every connection at info: at thousands of requests a second that costs
     # more than the capture does. Connection errors still show, as warnings.
     if not settings.log_connections:

@@ -6,6 +6,7 @@ docker-compose.yml. Defaults suit one host: apps on 5100/5101 behind the proxy o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -14,11 +15,15 @@ from dataclasses import dataclass
 from config import EnvReader, SettingsError
 from proxy.exchange import Network, parse_networks
 
-__all__ = ["DEFAULT_ROUTES", "ProxySettings", "Route", "SettingsError", "parse_routes"]
+__all__ = [
+    "DEFAULT_ROUTES", "ProxySettings", "Route", "SettingsError", "parse_listen_hosts",
+    "parse_routes",
+]
 
 DEFAULT_ROUTES = "app_a=http://127.0.0.1:5100@5000,app_b=http://127.0.0.1:5101@5001"
 
 _ROUTE = re.compile(r"^(?P<app>[A-Za-z0-9_.-]+)=(?P<upstream>https?://[^@\s]+)@(?P<port>\d+)$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +36,13 @@ class Route:
 
     @property
     def mode(self) -> str:
-        """The listener as a mitmproxy `--mode` spec."""
+        """The listener as a mitmproxy `--mode` spec (on mitmdump's `--listen-host`)."""
         return f"reverse:{self.upstream}@{self.port}"
+
+    def mode_on(self, host: str) -> str:
+        """The listener on `host` as a mitmproxy `--mode` spec. mitmproxy splits the host
+        from the port at the last colon, so an IPv6 address goes in without brackets."""
+        return f"reverse:{self.upstream}@{host}:{self.port}"
 
 
 def parse_routes(spec: str) -> tuple[Route, ...]:
@@ -59,12 +69,38 @@ def parse_routes(spec: str) -> tuple[Route, ...]:
     return tuple(routes)
 
 
+def parse_listen_hosts(spec: str) -> tuple[str, ...]:
+    """Comma-separated addresses (or host names) for every listener to bind, in order.
+
+    One socket per address: `127.0.0.1,::1` serves IPv4 and IPv6 loopback clients alike.
+    """
+    hosts = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            host = str(ipaddress.ip_address(part))
+        except ValueError:
+            if not _HOSTNAME.match(part) or ".." in part:
+                raise SettingsError(
+                    f"PROXY_LISTEN_HOST: {part!r} is neither an IP address nor a host name"
+                ) from None
+            host = part
+        if host in hosts:
+            raise SettingsError(f"PROXY_LISTEN_HOST: {host} is listed twice")
+        hosts.append(host)
+    if not hosts:
+        raise SettingsError("PROXY_LISTEN_HOST names no address")
+    return tuple(hosts)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     """Everything the proxy can be told. Sizes are bytes, times as their names say."""
 
     routes: tuple[Route, ...]
-    listen_host: str
+    listen_hosts: tuple[str, ...]
     kafka_bootstrap_servers: str
     topic: str
     topic_partitions: int
@@ -98,7 +134,8 @@ class ProxySettings:
             raise SettingsError(f"PROXY_TRUSTED_PROXIES: {e}") from None
         settings = cls(
             routes=parse_routes(reader.text("PROXY_ROUTES", DEFAULT_ROUTES)),
-            listen_host=reader.text("PROXY_LISTEN_HOST", "127.0.0.1"),
+            # Blank is the default, loopback, never "every interface".
+            listen_hosts=parse_listen_hosts(reader.text("PROXY_LISTEN_HOST", "") or "127.0.0.1"),
             kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topic=reader.text("CAPTURE_TOPIC", "http-captures"),
             topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1),

@@ -3,7 +3,13 @@
 import pytest
 
 from proxy.__main__ import mitmdump_args
-from proxy.settings import ProxySettings, Route, SettingsError, parse_routes
+from proxy.settings import (
+    ProxySettings,
+    Route,
+    SettingsError,
+    parse_listen_hosts,
+    parse_routes,
+)
 
 
 def test_defaults_suit_one_host():
@@ -16,6 +22,7 @@ def test_defaults_suit_one_host():
     assert settings.topic == "http-captures"
     assert settings.body_max_bytes == 1 << 20
     assert settings.trusted_proxies == ()
+    assert settings.listen_hosts == ("127.0.0.1",)
 
 
 def test_routes_become_mitmdump_modes():
@@ -24,6 +31,48 @@ def test_routes_become_mitmdump_modes():
                         "--mode", "reverse:http://127.0.0.1:5101@5001"]
     assert "keep_host_header=true" in args
     assert args[-2:] == ["--set", "x=1"]
+    assert args[args.index("--listen-host") + 1] == "127.0.0.1"
+
+
+def test_every_listen_host_gets_every_route():
+    env = {"PROXY_LISTEN_HOST": "127.0.0.1, ::1", "PROXY_ROUTES": "a=http://127.0.0.1:9@5000"}
+    args = mitmdump_args(ProxySettings.from_env(env), [])
+    modes = [args[i + 1] for i, arg in enumerate(args) if arg == "--mode"]
+    # mitmproxy reads the listen host up to the last colon: an IPv6 address needs no brackets
+    assert modes == ["reverse:http://127.0.0.1:9@5000", "reverse:http://127.0.0.1:9@::1:5000"]
+    assert args[args.index("--listen-host") + 1] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "hosts"),
+    [
+        ("0.0.0.0", ("0.0.0.0",)),
+        ("127.0.0.1,::1", ("127.0.0.1", "::1")),
+        (" 0:0::1 , localhost ", ("::1", "localhost")),  # canonical spelling
+    ],
+)
+def test_listen_hosts(spec, hosts):
+    assert parse_listen_hosts(spec) == hosts
+
+
+def test_a_blank_listen_host_is_loopback_not_every_interface():
+    assert ProxySettings.from_env({"PROXY_LISTEN_HOST": " "}).listen_hosts == ("127.0.0.1",)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (" , ", "names no address"),
+        ("127.0.0.1,127.0.0.1", "listed twice"),
+        ("::1,0::1", "listed twice"),
+        ("[::1]", "neither an IP address nor a host name"),
+        ("127.0.0.1:5000", "neither an IP address nor a host name"),
+        ("host name", "neither an IP address nor a host name"),
+    ],
+)
+def test_bad_listen_hosts(spec, message):
+    with pytest.raises(SettingsError, match=message):
+        ProxySettings.from_env({"PROXY_LISTEN_HOST": spec})
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,13 @@ from mitmproxy import ctx, exceptions, http
 
 from capture import encode
 from capture.redact import DEFAULT_FIELDS, DEFAULT_HEADERS, Redactor
-from proxy.exchange import build_record, tap_request, tap_response
+from proxy.exchange import (
+    build_record,
+    frame_for_http1,
+    tap_request,
+    tap_response,
+    unframe_empty,
+)
 from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings, SettingsError
@@ -60,7 +66,11 @@ class CaptureAddon:
         self.producer.start()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        frame_for_http1(flow)
         tap_request(flow, self.settings.body_max_bytes)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        unframe_empty(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         tap_response(flow, self.settings.body_max_bytes)

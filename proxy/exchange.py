@@ -23,6 +23,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REQUEST_TAP = "tapline.request_tap"
 RESPONSE_TAP = "tapline.response_tap"
+CHUNKED_UPSTREAM = "tapline.chunked_upstream"
 
 # parse_qsl stops here, so a request with a million parameters costs the proxy nothing much;
 # the raw query string and body are in the record whatever this says.
@@ -60,6 +61,44 @@ def needs_tap(message: http.Message, expected_size: int | None, cap: int) -> boo
     if message.stream:
         return True
     return expected_size is None or expected_size < 0 or expected_size > cap
+
+
+def frame_for_http1(flow: http.HTTPFlow) -> bool:
+    """Called at `requestheaders`, before `tap_request`: give an HTTP/2 request body a framing
+    its HTTP/1.1 upstream can read. True when it did.
+
+    HTTP/2 frames a body itself, so a client may send one without Content-Length. mitmproxy
+    11.0 forwards such a request to an HTTP/1.1 app with neither Content-Length nor
+    Transfer-Encoding, and the app reads no body at all (then takes the body for the next
+    request). Declaring the body chunked makes mitmproxy frame each piece on the way out, and
+    lets the tap stream it, so the proxy holds at most the cap of it. A request that turns
+    out to have no body gets the header taken off again in `unframe_empty` before anything
+    is sent; the record never shows it, since the client did not send it.
+    """
+    request = flow.request
+    if not (request.is_http2 or request.is_http3):
+        return False
+    if "content-length" in request.headers or "transfer-encoding" in request.headers:
+        return False
+    server = flow.server_conn
+    # mitmproxy reaches a plain-http app over HTTP/1.1 only; over TLS, only when it has
+    # negotiated HTTP/1 (an HTTP/2 app reads the body from its frames as it is).
+    if server.tls and not (server.tls_established and server.alpn not in (b"h2", b"h3")):
+        return False
+    request.headers["transfer-encoding"] = "chunked"
+    flow.metadata[CHUNKED_UPSTREAM] = True
+    return True
+
+
+def unframe_empty(flow: http.HTTPFlow) -> None:
+    """Called at `request`: undo `frame_for_http1` for a request that had no body.
+
+    mitmproxy streams a body only when one follows the headers; otherwise it has stored the
+    (empty) body by now and sends the request after this hook, so the header can still go.
+    """
+    if flow.metadata.get(CHUNKED_UPSTREAM) and flow.request.raw_content is not None:
+        del flow.request.headers["transfer-encoding"]
+        del flow.metadata[CHUNKED_UPSTREAM]
 
 
 def tap_request(flow: http.HTTPFlow, cap: int) -> None:
@@ -215,7 +254,11 @@ def build_record(
             (request.raw_content or b"") if complete else None,
         ),
         http_version=request.http_version,
-        headers=_headers(request.headers.fields),
+        headers=_headers(
+            (name, value) for name, value in request.headers.fields
+            # the framing frame_for_http1 added is the proxy's, not the client's
+            if not (CHUNKED_UPSTREAM in flow.metadata and name.lower() == b"transfer-encoding")
+        ),
         **request_body,
     )
     response = flow.response

@@ -134,3 +134,28 @@ async def test_shutdown_without_kafka_counts_every_capture():
         assert m.value("tapline_proxy_kafka_errors_total", error="KafkaConnectionError") >= 1
         addon.response(make_flow())  # after shutdown: dropped, counted
         assert m.value("tapline_proxy_dropped_total", reason="shutdown") == 6
+
+
+def test_http2_body_without_length_is_framed_for_the_app_and_not_recorded(addon):
+    flow = make_flow(body=b"")
+    flow.request.http_version = "HTTP/2.0"
+    flow.request.raw_content = None
+    addon.requestheaders(flow)
+    assert flow.request.headers["transfer-encoding"] == "chunked"
+    flow.request.stream(b"z" * 10)  # the body streams through the tap
+    addon.request(flow)
+    assert flow.request.headers["transfer-encoding"] == "chunked"
+    addon.response(flow)
+    (record,) = queued_records(addon)
+    assert all(name.lower() != "transfer-encoding" for name, _ in record.request.headers)
+    assert (record.request.body, record.request.body_size) == ("z" * 10, 10)
+
+
+def test_http2_request_without_body_reaches_the_app_as_sent(addon):
+    flow = make_flow(body=b"")
+    flow.request.http_version = "HTTP/2.0"
+    flow.request.raw_content = None
+    addon.requestheaders(flow)
+    flow.request.raw_content = b""  # the stream ended with the headers
+    addon.request(flow)
+    assert "transfer-encoding" not in flow.request.headers

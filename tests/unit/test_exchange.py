@@ -12,10 +12,12 @@ from proxy.exchange import (
     BodyTap,
     build_record,
     client_address,
+    frame_for_http1,
     parse_networks,
     parse_params,
     tap_request,
     tap_response,
+    unframe_empty,
 )
 
 CAP = 16
@@ -257,3 +259,62 @@ def test_invalid_utf8_in_path_and_headers_survives():
     assert record.request.path.encode("latin-1") == b"/caf\xe9"
     assert record.request.query.encode("latin-1") == b"q=\xff"
     assert record.request.headers[1][1].encode("latin-1") == b"\xfe"
+
+
+def http2_flow(headers=((b"content-type", b"application/octet-stream"),)):
+    flow = flow_with(req_headers=headers)
+    flow.request.http_version = "HTTP/2.0"
+    flow.request.raw_content = None  # what mitmproxy has while the body is still to come
+    return flow
+
+
+def test_http2_body_without_length_goes_upstream_chunked_and_streams():
+    flow = http2_flow()
+    assert frame_for_http1(flow)
+    tap_request(flow, CAP)
+    assert flow.request.headers["transfer-encoding"] == "chunked"
+    assert isinstance(flow.request.stream, BodyTap)  # of unknown size: never held whole
+    flow.request.stream(b"a" * 40)
+    unframe_empty(flow)  # the body streamed: the upstream has had the header already
+    assert flow.request.headers["transfer-encoding"] == "chunked"
+    record = record_of(flow)
+    assert record.request.headers == [["content-type", "application/octet-stream"]]
+    assert (record.request.body_size, record.request.body) == (40, "a" * CAP)
+
+
+def test_http2_request_without_a_body_goes_upstream_unchanged():
+    flow = http2_flow()
+    frame_for_http1(flow)
+    tap_request(flow, CAP)
+    flow.request.raw_content = b""  # the headers ended the stream: mitmproxy stored nothing
+    unframe_empty(flow)
+    assert "transfer-encoding" not in flow.request.headers
+    assert record_of(flow).request.headers == [["content-type", "application/octet-stream"]]
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "tls", "alpn"),
+    [
+        ("HTTP/1.1", (), False, None),  # HTTP/1 frames its own bodies
+        ("HTTP/2.0", ((b"content-length", b"3"),), False, None),
+        ("HTTP/2.0", (), True, b"h2"),  # an HTTP/2 app reads the frames
+        ("HTTP/2.0", (), True, None),  # TLS to the app not set up yet: protocol unknown
+    ],
+)
+def test_requests_that_need_no_framing(version, headers, tls, alpn):
+    flow = flow_with(req_headers=headers)
+    flow.request.http_version = version
+    flow.server_conn.tls = tls
+    flow.server_conn.alpn = alpn
+    flow.server_conn.timestamp_tls_setup = 1.0 if alpn else None
+    before = list(flow.request.headers.fields)
+    assert not frame_for_http1(flow)
+    assert list(flow.request.headers.fields) == before
+
+
+def test_http2_to_an_http1_app_over_tls_is_framed():
+    flow = http2_flow(headers=())
+    flow.server_conn.tls = True
+    flow.server_conn.timestamp_tls_setup = 1.0
+    flow.server_conn.alpn = b"http/1.1"
+    assert frame_for_http1(flow)

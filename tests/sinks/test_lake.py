@@ -205,3 +205,32 @@ def test_poison_records_go_to_the_dead_letter_topic(kafka, s3, bucket, tmp_path)
     check_lake(lake, topic, [v for _k, v in good[8:] + hostile])
     unknown = [key for key in lake.objects if key.split("/")[2] == "unknown"]
     assert sum(len(lake.objects[key]) for key in unknown) == 4
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the sink retries these forever instead of dead-lettering them: sinks/loop.py must "
+    "dead-letter a message over CAPTURE_MAX_RECORD_BYTES (and size the dead-letter topic "
+    "and producer to hold it)"))
+def test_oversized_records_go_to_the_dead_letter_topic(kafka, s3, bucket, tmp_path):
+    topic = f"lake-oversized-{uuid.uuid4().hex[:8]}"
+    good = factories.encoded(12, clients=3)
+    big = orjson.loads(good[0][1]) | {"id": str(uuid.uuid4())}
+    big["request"] |= {"body": "x" * 300_000, "body_size": 300_000}
+    poison = [(b"big-valid", orjson.dumps(big)), (b"big-junk", b"junk" * 75_000)]
+    produce(kafka.bootstrap_servers, topic, good[1:6] + poison + good[6:])
+    sink = SinkProcess("lake", tmp_path,
+                       lake_env(kafka.bootstrap_servers, topic, s3.endpoint_url, bucket,
+                                SINK_BATCH_MAX_AGE_MS="200",
+                                CAPTURE_MAX_RECORD_BYTES="65536")).start()
+    try:
+        dead = read_topic_with_headers(kafka.bootstrap_servers, f"{topic}.dlq", expect=2,
+                                       timeout=15)
+        assert sorted(value for _k, value, _h in dead) == sorted(v for _k, v in poison)
+        reasons = {key: headers["reason"] for key, _v, headers in dead}
+        assert "oversized" in reasons[b"big-valid"] and "65536" in reasons[b"big-valid"]
+        assert "oversized" in reasons[b"big-junk"]
+        # Nothing wedged: the records after the poison are in the lake too.
+        wait_until(lambda: written(sink) == 11, timeout=15, what="the good records")
+    finally:
+        assert sink.stop() == 0
+    check_lake(read_lake(s3.endpoint_url, bucket), topic, [v for _k, v in good[1:]])

@@ -253,3 +253,41 @@ def test_two_sinks_in_one_group_share_the_partitions(kafka, database, tmp_path):
     finally:
         second.stop()
         first.stop()
+
+
+def oversized_poison(good: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Records too big for a sink whose CAPTURE_MAX_RECORD_BYTES is 64 KiB, and one that
+    PostgreSQL cannot index: a long incompressible path, which a long URL through the proxy
+    records as it is (tests/integration/test_hostile.py)."""
+    big = orjson.loads(good[0][1]) | {"id": str(uuid.uuid4())}
+    big["request"] |= {"body": "x" * 300_000, "body_size": 300_000}
+    long_path = orjson.loads(good[1][1]) | {"id": str(uuid.uuid4())}
+    long_path["request"]["path"] = "/" + random.Random(7).randbytes(30_000).hex()
+    return [(b"big-valid", orjson.dumps(big)), (b"big-junk", b"junk" * 75_000),
+            (b"long-path", orjson.dumps(long_path))]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the sink retries these forever instead of dead-lettering them: sinks/loop.py must "
+    "dead-letter a message over CAPTURE_MAX_RECORD_BYTES (and size the dead-letter topic "
+    "and producer to hold it), sinks/timescale.py must take PostgreSQL's "
+    "program_limit_exceeded (SQLSTATE 54000) as a permanent error"))
+def test_oversized_records_go_to_the_dead_letter_topic(kafka, database, tmp_path):
+    topic = f"oversized-{uuid.uuid4().hex[:8]}"
+    good = factories.encoded(12)
+    poison = oversized_poison(good[:2])
+    produce(kafka.bootstrap_servers, topic, good[2:7] + poison + good[7:])
+    sink = SinkProcess("timescale", tmp_path, sink_env(
+        kafka.bootstrap_servers, topic, database, CAPTURE_MAX_RECORD_BYTES="65536")).start()
+    try:
+        dead = read_topic_with_headers(kafka.bootstrap_servers, f"{topic}.dlq", expect=3,
+                                       timeout=15)
+        assert sorted(value for _k, value, _h in dead) == sorted(v for _k, v in poison)
+        reasons = {key: headers["reason"] for key, _v, headers in dead}
+        assert "oversized" in reasons[b"big-valid"] and "65536" in reasons[b"big-valid"]
+        assert "oversized" in reasons[b"big-junk"]
+        assert "refused by timescale" in reasons[b"long-path"]
+        # Nothing wedged: the records after the poison are written too.
+        wait_until(lambda: count_rows(database) == 10, timeout=15, what="the good rows")
+    finally:
+        sink.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -48,15 +49,41 @@ def _stop_left_running() -> None:
 def free_ports(count: int) -> list[int]:
     """Return `count` distinct loopback ports that nobody listens on right now.
 
-    The sockets stay bound until all ports are known, so two calls inside one service (Kafka needs
-    a client and a controller port) never get the same port. Another process may still take a
-    port before the service binds it: rare enough on a test machine to accept.
+    The ports come from below the kernel's ephemeral range: a port the kernel handed out with
+    bind(0) is one it also hands out as the local port of outgoing connections, and a Kafka
+    client's connection sitting on it makes the service's own bind fail later. Below that
+    range only another launcher's random pick can collide. The sockets stay bound until all
+    ports are known, so two calls inside one service never get the same port.
     """
+    low, high = _PICK_RANGE
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket())
+            port = random.randint(low, high)
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            ports.append(port)
+        return ports
+
+
+def _pick_range() -> tuple[int, int]:
+    """Ports outside the ephemeral range: 20000 up to its start (Linux: 32768 by default), or
+    above its end when it starts too low to leave room below."""
+    try:
+        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        first, last = 32768, 60999
+    if first > 21000:
+        return 20000, first - 1
+    if last < 64535:
+        return last + 1, 65535
+    return 1024, 65535  # no room outside it: fall back to any unprivileged port
+
+
+_PICK_RANGE = _pick_range()
 
 
 def free_port() -> int:

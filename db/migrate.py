@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -31,6 +34,11 @@ _DRIVER = "postgresql+psycopg"
 # Alembic keeps its running context in module globals (alembic.op, alembic.context): two threads
 # of one process must not run it at the same time, even on different databases.
 _alembic_running = threading.Lock()
+
+
+class NotMigrated(RuntimeError):
+    """The schema is not at the newest revision, and this connection is not to bring it there
+    (it was told not to, or its role may not)."""
 
 
 def database_url(url: str | None = None) -> str:
@@ -132,3 +140,54 @@ def migrate(url: str | None = None, mode: str | None = None) -> str:
         log.warning("database %s: its schema was built in mode %s, not %s: that takes a new "
                     "database", shown(database_url(url)), found, mode)
     return found
+
+
+def head_revision() -> str:
+    """The newest revision in db/migrations/versions."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "db/migrations/versions holds no revision"
+    return head
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The revision the database's schema is at (None: never migrated). Needs only SELECT on
+    alembic_version, which both tapline_writer and tapline_reader have."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_migrated(url: str | None = None) -> str:
+    """The mode of the database at `url` if its schema is at the newest revision; NotMigrated
+    otherwise, saying who must do what. Changes nothing, takes no lock: for a role that may
+    not migrate."""
+    head = head_revision()
+    with connect(url) as connection:
+        found = schema_revision(connection)
+        if found == head:
+            return schema_mode(connection)
+    raise NotMigrated(
+        f"database {shown(database_url(url))} is not migrated to revision {head} (it is at "
+        f"{found or 'none'}): run `python -m db upgrade` as the schema's owner (`make "
+        "migrate`, or docker compose's migrate service)")
+
+
+def ensure_schema(url: str | None = None, *, may_migrate: bool = True) -> str:
+    """For a writer at its start: the schema at the newest revision; its mode.
+
+    With `may_migrate`, this is migrate(), except that a role without the rights to migrate a
+    schema that needs it gets NotMigrated (one line: what to run, as whom) rather than a
+    permission error from somewhere inside a migration. Without, it only checks
+    (check_migrated): a role that is not the schema's owner never even tries.
+    """
+    if not may_migrate:
+        return check_migrated(url)
+    try:
+        return migrate(url)
+    except DBAPIError as error:
+        if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        reason = str(error.orig).strip().splitlines()[0]
+        raise NotMigrated(
+            f"database {shown(database_url(url))} is not migrated to revision "
+            f"{head_revision()}, and this role may not migrate it ({reason}): run `python -m "
+            "db upgrade` as the schema's owner (`make migrate`, or docker compose's migrate "
+            "service)") from error

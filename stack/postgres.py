@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Self
+from urllib.parse import quote
 
 from stack.errors import StackError, StartupFailed, ToolMissing
 from stack.service import LOOPBACK, forget_at_exit, free_port, stop_at_exit, tail
@@ -74,7 +75,9 @@ class Postgres:
     """A PostgreSQL cluster of our own in `workdir`, listening on 127.0.0.1:`port` (default free).
 
     The first `start()` runs initdb (superuser `postgres`, trust authentication, which initdb
-    writes for loopback) and creates the database `dbname`; later starts reuse the data. Settings
+    writes for loopback) and creates the database `dbname`; later starts reuse the data. With
+    `password`, TCP connections must log in with a password instead (SCRAM), the superuser's
+    being `password`: for tests of roles and their passwords. Settings
     go to data/tapline.conf, rewritten at each start. Durability is traded for speed (fsync off):
     a clean `stop()` keeps every row, a crash of the machine may not.
 
@@ -97,6 +100,7 @@ class Postgres:
         user: str = "postgres",
         os_user: str = "postgres",
         bindir: Path | None = None,
+        password: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.port = port or free_port()
@@ -104,12 +108,14 @@ class Postgres:
         self.user = user
         self.os_user = os_user
         self.bindir = bindir or find_bindir()
+        self.password = password
         self._as_root = os.geteuid() == 0
         self._log_offset = 0
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        login = f"{self.user}:{quote(self.password, safe='')}" if self.password else self.user
+        return f"postgresql://{login}@{self.host}:{self.port}/{self.dbname}"
 
     @property
     def root(self) -> Path:
@@ -203,10 +209,18 @@ class Postgres:
     def _initdb(self) -> None:
         (self.root / "run").mkdir(exist_ok=True)
         self._chown(self.root / "run")
+        auth = ["--auth=trust"]
+        if self.password is not None:
+            pwfile = self.root / "run" / "superuser-password"
+            pwfile.write_text(self.password + "\n")
+            self._chown(pwfile)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         done = self._pg(
-            "initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "-E", "UTF8",
+            "initdb", "-D", str(self.data_dir), "-U", self.user, *auth, "-E", "UTF8",
             "--locale=C", "--no-sync", timeout=300,
         )
+        if self.password is not None:
+            pwfile.unlink()
         if done.returncode != 0:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             raise StartupFailed(f"initdb failed:\n{done.stdout}{done.stderr}".rstrip())
@@ -264,7 +278,8 @@ class Postgres:
             str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
             "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", dbname, "-c", sql,
         ]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
     def _os_user_reaches(self, folder: Path) -> bool:
         done = subprocess.run(["runuser", "-u", self.os_user, "--", "test", "-x", str(folder)],

@@ -14,7 +14,7 @@ import db
 from stack import TimescaleLite
 from tests.db.conftest import with_connect_timeout
 from tests.db.rows import BASE, expected_summary, insert, row, sample, summary
-from tests.db.test_migrate import upgrade_processes
+from tests.db.test_migrate import HEAD, upgrade_processes
 from tests.db.test_schema import VIEW_COLUMNS, columns
 
 
@@ -33,7 +33,7 @@ def test_migrate_again_changes_nothing(timescale_url):
     assert db.migrate(timescale_url) == db.TIMESCALEDB
     with psycopg.connect(timescale_url) as conn:
         assert db.schema_mode(conn) == db.TIMESCALEDB
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
 
 
 def test_http_requests_is_a_hypertable_of_one_day_chunks(timescale_url):
@@ -216,6 +216,16 @@ def test_apache_mode_has_a_hypertable_and_a_plain_view(tmp_path):
         assert kinds == (1, 0, 1)
         assert found == expected_summary(rows)
         assert view_columns == VIEW_COLUMNS
+        # The groups' rights hold on this schema too: the writer fills a new chunk, the reader
+        # reads the plain view over the hypertable.
+        with psycopg.connect(url) as conn:
+            conn.execute(f"SET ROLE {db.WRITER}")
+            assert insert(conn, [row(app, BASE + timedelta(days=2), 200)]) == 1
+            conn.execute(f"SET ROLE {db.READER}")
+            assert conn.execute("SELECT sum(requests) FROM http_requests_5m WHERE app = %s",
+                                (app,)).fetchone() == (len(rows) + 1,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                insert(conn, [row(app, BASE, 200)])
         assert db.apply_policies(url, "7 days", "30 days") == db.TIMESCALEDB_APACHE
         with psycopg.connect(url) as conn:
             assert conn.execute(

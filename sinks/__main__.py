@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # Alembic lists the plugins it sets up as it is imported: nothing a sink's log needs.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         asyncio.run(run(argv[0]))
     except SettingsError as e:

@@ -275,6 +275,11 @@ class LakeSink(Sink):
             error = BucketMissing(self.settings)
             log.error("%s", error)
             raise error from None
+        except PermissionError:
+            # Keys that may only PUT objects (s3:PutObject, the least the sink needs) may not
+            # ask about the bucket (s3:ListBucket); the first PUT tells whether it is there.
+            log.info("lake sink: these credentials may not check bucket %r; going on",
+                     self.settings.bucket)
         log.info("lake sink: writing to s3://%s at %s", self.settings.bucket,
                  self.settings.endpoint_url or "AWS S3")
 

@@ -70,13 +70,21 @@ class LoopSettings:
 
 @dataclass(frozen=True, slots=True)
 class TimescaleSettings:
-    """Where and how the TimescaleDB sink writes."""
+    """Where and how the TimescaleDB sink writes.
+
+    `migrate` (TIMESCALE_MIGRATE, default true): the sink brings the schema to the newest
+    revision at start, which takes the schema's owner. False, for a sink that logs in as a
+    member of tapline_writer: it only checks that the schema is there (and waits, saying what
+    to run, while it is not); compression and retention policies are then the owner's job too
+    (`python -m db policies`), so TIMESCALE_COMPRESS_AFTER and TIMESCALE_RETENTION are refused.
+    """
 
     database_url: str
     body_max_bytes: int
     write_method: str
     compress_after: str | None
     retention: str | None
+    migrate: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TimescaleSettings:
@@ -84,11 +92,20 @@ class TimescaleSettings:
         method = reader.text("TIMESCALE_WRITE_METHOD", "copy")
         if method not in ("copy", "insert"):
             raise SettingsError(f"TIMESCALE_WRITE_METHOD={method!r}: use copy or insert")
+        migrate = reader.flag("TIMESCALE_MIGRATE", True)
+        compress_after = reader.text("TIMESCALE_COMPRESS_AFTER", "") or None
+        retention = reader.text("TIMESCALE_RETENTION", "") or None
+        if not migrate and (compress_after or retention):
+            raise SettingsError(
+                "TIMESCALE_COMPRESS_AFTER and TIMESCALE_RETENTION need TIMESCALE_MIGRATE=true "
+                "(policies take the schema's owner): with a writer role, apply them with "
+                "`python -m db policies` as the owner")
         return cls(
             database_url=reader.text(
                 "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
             body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 << 10, minimum=0),
             write_method=method,
-            compress_after=reader.text("TIMESCALE_COMPRESS_AFTER", "") or None,
-            retention=reader.text("TIMESCALE_RETENTION", "") or None,
+            compress_after=compress_after,
+            retention=retention,
+            migrate=migrate,
         )

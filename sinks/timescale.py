@@ -40,7 +40,10 @@ class TimescaleSink(Sink):
         self.mode: str | None = None
 
     async def start(self) -> None:
-        self.mode = await asyncio.to_thread(db.migrate, self.settings.database_url)
+        # Migrates, or with TIMESCALE_MIGRATE=false (a writer role) only checks; either way a
+        # schema not at head is one NotMigrated line, and the loop retries until it is.
+        self.mode = await asyncio.to_thread(
+            db.ensure_schema, self.settings.database_url, may_migrate=self.settings.migrate)
         log.info("TimescaleDB sink: schema is at head, mode %s", self.mode)
         await asyncio.to_thread(
             db.apply_policies, self.settings.database_url,

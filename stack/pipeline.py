@@ -6,11 +6,22 @@ server, both apps, the proxy in front of them and both sinks, each logging to on
 keeps objects in memory, so at each start the lake sink's consumer group is rewound to the
 oldest record and the lake is written again from the topic (the object names are
 deterministic, so it comes back the same). `RUN_RESET=1` starts from nothing.
+
+Least privilege, as in docker-compose.yml: the schema is migrated here, as the cluster's
+superuser (the schema's owner), before any sink starts; the TimescaleDB sink then logs in as
+`tapline_sink`, a member of tapline_writer (db.roles) that may only insert into and read
+http_requests, and does not migrate (TIMESCALE_MIGRATE=false). The cluster trusts loopback
+connections (initdb's default), so that login needs no password. moto checks no keys until it
+is told to: the run makes two IAM users first, the lake sink's (s3:PutObject on the bucket's
+objects, nothing else) and yours (s3:*, in `.run/env`), then has moto enforce IAM. Each
+program gets only the settings it uses: no database or S3 credentials for the apps or the
+proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import shutil
@@ -19,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import db
 from config import EnvReader
 from stack.kafka import STACK_DIR, Kafka
 from stack.postgres import Postgres
@@ -27,7 +39,9 @@ from stack.service import LOOPBACK, ProcessService, port_open
 
 REPO = STACK_DIR.parent
 LAKE_GROUP = "tapline-lake"
-S3_KEY_ID, S3_SECRET = "tapline", "tapline-secret"  # moto takes any; these name the run's
+S3_KEY_ID, S3_SECRET = "tapline", "tapline-secret"  # moto takes any before IAM is on
+WRITER_LOGIN = "tapline_sink"  # the TimescaleDB sink's login role, in tapline_writer
+LAKE_USER, ADMIN_USER = "tapline-lake", "tapline-admin"  # the run's IAM users in moto
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,45 +118,74 @@ class Pipeline:
         self.postgres = Postgres(s.run_dir / "postgres", s.postgres_port)
         self.s3 = S3Server(s.run_dir / "s3", s.s3_port, bucket=s.bucket)
         self.started: list[ProcessService | Kafka | Postgres | S3Server] = []
+        # Until prepare_lake() makes IAM users: the keys moto takes while it checks none.
+        self.lake_keys = self.admin_keys = (S3_KEY_ID, S3_SECRET)
 
     @property
     def env(self) -> dict[str, str]:
-        """The project's settings for this run, as every process gets them."""
+        """The project's settings for this run, for the person at the keyboard: the owner's
+        database URL, S3 keys that may do anything (`.run/env`, the commands of guide())."""
+        key, secret = self.admin_keys
+        return {**self.capture_env, **self.lake_env, "S3_ACCESS_KEY_ID": key,
+                "S3_SECRET_ACCESS_KEY": secret, "DATABASE_URL": self.postgres.dsn,
+                **self.proxy_env}
+
+    @property
+    def capture_env(self) -> dict[str, str]:
+        """What the proxy and both sinks must agree on."""
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                "CAPTURE_TOPIC": self.settings.topic}
+
+    @property
+    def lake_env(self) -> dict[str, str]:
+        """The lake sink's settings, with its write-only keys."""
+        key, secret = self.lake_keys
+        return {
+            "S3_ENDPOINT_URL": self.s3.endpoint_url,
+            "S3_BUCKET": self.settings.bucket,
+            "S3_REGION": "us-east-1",
+            "S3_ACCESS_KEY_ID": key,
+            "S3_SECRET_ACCESS_KEY": secret,
+        }
+
+    @property
+    def proxy_env(self) -> dict[str, str]:
         s = self.settings
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
-            "CAPTURE_TOPIC": s.topic,
-            "DATABASE_URL": self.postgres.dsn,
-            "S3_ENDPOINT_URL": self.s3.endpoint_url,
-            "S3_BUCKET": s.bucket,
-            "S3_REGION": "us-east-1",
-            "S3_ACCESS_KEY_ID": S3_KEY_ID,
-            "S3_SECRET_ACCESS_KEY": S3_SECRET,
             "PROXY_ROUTES": (
                 f"app_a=http://{LOOPBACK}:{s.app_a_port}@{s.proxy_a_port},"
                 f"app_b=http://{LOOPBACK}:{s.app_b_port}@{s.proxy_b_port}"),
             "PROXY_METRICS_PORT": str(s.proxy_metrics_port),
         }
 
+    @property
+    def writer_url(self) -> str:
+        """The TimescaleDB sink's database URL: the writer's login, no password (trust)."""
+        pg = self.postgres
+        return f"postgresql://{WRITER_LOGIN}@{pg.host}:{pg.port}/{pg.dbname}"
+
     def programs(self) -> list[Program]:
-        s, env, python = self.settings, self.env, sys.executable
+        s, python = self.settings, sys.executable
         gunicorn = [python, "-m", "gunicorn", "-w", "2"]
         return [
             Program("sink-timescale", [python, "-m", "sinks", "timescale"],
-                    {**env, "SINK_METRICS_PORT": str(s.timescale_metrics_port)},
+                    {**self.capture_env, "DATABASE_URL": self.writer_url,
+                     "TIMESCALE_MIGRATE": "false",
+                     "SINK_METRICS_PORT": str(s.timescale_metrics_port)},
                     self.logs, s.timescale_metrics_port),
             Program("sink-lake", [python, "-m", "sinks", "lake"],
-                    {**env, "SINK_METRICS_PORT": str(s.lake_metrics_port),
-                     "SINK_GROUP_ID": LAKE_GROUP},
+                    {**self.capture_env, **self.lake_env,
+                     "SINK_METRICS_PORT": str(s.lake_metrics_port), "SINK_GROUP_ID": LAKE_GROUP},
                     self.logs, s.lake_metrics_port),
             Program("app_b", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_b_port}", "apps.app_b:app"],
-                    {**env, "APP_B_DB": str(s.run_dir / "app_b.sqlite3")},
+                    {"APP_B_DB": str(s.run_dir / "app_b.sqlite3")},
                     self.logs, s.app_b_port),
             Program("app_a", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_a_port}", "apps.app_a:app"],
                     # app_a asks app_b through the proxy, so those calls are captured too
-                    {**env, "APP_B_URL": f"http://{LOOPBACK}:{s.proxy_b_port}"},
+                    {"APP_B_URL": f"http://{LOOPBACK}:{s.proxy_b_port}"},
                     self.logs, s.app_a_port),
-            Program("proxy", [python, "-m", "proxy"], env, self.logs, s.proxy_a_port),
+            Program("proxy", [python, "-m", "proxy"], {**self.capture_env, **self.proxy_env},
+                    self.logs, s.proxy_a_port),
         ]
 
     def start(self, say=print) -> None:
@@ -153,11 +196,30 @@ class Pipeline:
         self.logs.mkdir(parents=True, exist_ok=True)
         for service in (self.kafka, self.postgres, self.s3):
             self._start(service, say)
+        self.prepare_database(say)
+        self.prepare_lake(say)
         # moto lost the lake when it stopped: read the topic again from its start.
         asyncio.run(rewind_group(self.kafka.bootstrap_servers, s.topic, LAKE_GROUP))
         for program in self.programs():
             self._start(program, say)
         self.write_env(s.run_dir / "env")
+
+    def prepare_database(self, say=print) -> None:
+        """As the owner: the schema at head, and the sink's login in tapline_writer."""
+        say(f"run: migrating the schema as {self.postgres.user}; the TimescaleDB sink logs in "
+            f"as {WRITER_LOGIN} ({db.WRITER})")
+        db.migrate(self.postgres.dsn)
+        db.create_login(WRITER_LOGIN, "writer", None, self.postgres.dsn)
+
+    def prepare_lake(self, say=print) -> None:
+        """IAM users for the sink (PUT into the bucket) and for you (anything), then IAM on."""
+        say(f"run: the lake sink's S3 key may only PUT into s3://{self.settings.bucket}")
+        bucket = self.settings.bucket
+        self.lake_keys = moto_user(self.s3.endpoint_url, LAKE_USER, {
+            "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*"})
+        self.admin_keys = moto_user(self.s3.endpoint_url, ADMIN_USER, {
+            "Effect": "Allow", "Action": "s3:*", "Resource": "*"})
+        moto_enforce_iam(self.s3.endpoint_url)
 
     def _start(self, service, say) -> None:
         say(f"run: starting {service.name}")
@@ -181,12 +243,13 @@ class Pipeline:
     def write_env(self, path: Path) -> None:
         """The run's settings in shell syntax, for `source .run/env`."""
         s = self.settings
+        key, secret = self.admin_keys
         values = {
             **self.env,
             "PGHOST": self.postgres.host, "PGPORT": str(self.postgres.port),
             "PGUSER": self.postgres.user, "PGDATABASE": self.postgres.dbname,
-            "AWS_ENDPOINT_URL": self.s3.endpoint_url, "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.s3.endpoint_url, "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
             "TAPLINE_APP_A": f"http://{LOOPBACK}:{s.proxy_a_port}",
             "TAPLINE_APP_B": f"http://{LOOPBACK}:{s.proxy_b_port}",
         }
@@ -210,6 +273,31 @@ Look at the results (after `source {s.run_dir}/env`):
 Logs: {self.logs}/   Settings: {s.run_dir}/env   app_b, through the proxy: {b}
 Ctrl-C stops everything.
 """
+
+
+def moto_user(endpoint_url: str, name: str, statement: dict) -> tuple[str, str]:
+    """An IAM user of moto's with one inline policy statement, and its new access key. Only
+    while moto checks no keys (before moto_enforce_iam)."""
+    import botocore.session
+
+    iam = botocore.session.get_session().create_client(
+        "iam", endpoint_url=endpoint_url, region_name="us-east-1",
+        aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET)
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [statement]}))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def moto_enforce_iam(endpoint_url: str) -> None:
+    """From now on moto checks every request's signature and its user's policies."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset-auth", data=b"0",
+                                     method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
 
 
 async def rewind_group(bootstrap: str, topic: str, group: str) -> None:

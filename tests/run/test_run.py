@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import psycopg
 import pytest
 import requests
@@ -49,6 +50,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -105,7 +115,38 @@ def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
 
         keys = wait_until(objects, timeout=30, what="objects in the lake")
         assert all(key.split("/")[2] == "127.0.0.1" for key in keys), keys
+
+        # Least privilege: the schema is the owner's, the sink writes as tapline_sink, and only
+        # the sinks hold credentials.
+        with psycopg.connect(settings["DATABASE_URL"]) as conn:
+            owner = conn.execute("SELECT tableowner FROM pg_tables "
+                                 "WHERE tablename = 'http_requests'").fetchone()
+            sessions = {name for (name,) in conn.execute(
+                "SELECT usename FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")}
+        assert (owner, sessions) == ((settings["PGUSER"],), {"tapline_sink"})
         children = descendants(run.pid)
+        programs = {pid: command_line(pid) for pid in children}
+        for pid, command in programs.items():
+            env = environ(pid)
+            if "-m sinks timescale" in command:
+                assert env["DATABASE_URL"].startswith("postgresql://tapline_sink@"), env
+                assert env["TIMESCALE_MIGRATE"] == "false"
+            elif "-m sinks lake" in command:
+                lake_keys = (env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"])
+            elif "-m proxy" in command or "gunicorn" in command:
+                held = {"DATABASE_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} & set(env)
+                assert not held, f"{command}: {held}"
+        assert sum("-m sinks timescale" in command for command in programs.values()) == 1
+        assert sum("-m proxy" in command or "gunicorn" in command
+                   for command in programs.values()) >= 3
+        # moto enforces IAM: the lake sink's keys, which wrote every object, may not list them.
+        assert lake_keys[0] != settings["AWS_ACCESS_KEY_ID"]
+        as_sink = boto3.client("s3", endpoint_url=settings["S3_ENDPOINT_URL"],
+                               aws_access_key_id=lake_keys[0], aws_secret_access_key=lake_keys[1],
+                               region_name="us-east-1")
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
+            as_sink.list_objects_v2(Bucket=settings["S3_BUCKET"])
         assert len(children) >= 8  # kafka, postgres, s3, 2 sinks, 2 apps, proxy (and workers)
     finally:
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends

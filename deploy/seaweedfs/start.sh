@@ -2,10 +2,14 @@
 # The lake's object store in docker-compose.yml: writes SeaweedFS's S3 identities from the
 # environment, then runs the image's own entrypoint with the command compose gives.
 #
-#   S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY  the lake sink's key: Read, Write, List on S3_BUCKET
+#   S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY  the lake sink's key: Write on S3_BUCKET only
 #   anonymous (no key)                       Read, List on S3_BUCKET: the public bucket
 #
-# Nobody else exists: no admin key, no other bucket. Because a config file is given, SeaweedFS
+# The sink only PUTs objects, so its key may not read, list or touch another bucket, nor
+# administer any (SeaweedFS's Write is coarser than S3's s3:PutObject: it also lets the key
+# delete objects of the bucket and set its CORS, lifecycle and versioning). Nobody else
+# exists: no admin key, no other bucket; init.sh makes the bucket through the master, with no
+# S3 key at all. Because a config file is given, SeaweedFS
 # enforces authentication from its first request on (before the bucket even exists), and the
 # identities are written anew at every start and kept nowhere else: change a key, restart.
 set -eu
@@ -35,7 +39,7 @@ cat > "$config" <<JSON
     {
       "name": "tapline-lake",
       "credentials": [{"accessKey": "$key", "secretKey": "$secret"}],
-      "actions": ["Read:$bucket", "Write:$bucket", "List:$bucket"]
+      "actions": ["Write:$bucket"]
     },
     {
       "name": "anonymous",

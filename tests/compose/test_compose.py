@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
 
@@ -28,8 +31,9 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 PROJECT_IMAGE = "tapline:local"
 PROJECT_SERVICES = {"app_a", "app_b", "proxy", "sink-timescale", "sink-lake"}
+PROJECT_ONE_SHOT = {"migrate"}  # the project's image, run once
 STORES = {"kafka", "timescaledb", "seaweedfs"}
-ONE_SHOT = {"seaweedfs-init"}
+ONE_SHOT = {"seaweedfs-init"} | PROJECT_ONE_SHOT
 TOOLS = {"grafana"}
 LONG_RUNNING = PROJECT_SERVICES | STORES | TOOLS
 # What the host sees, and of whom: the apps' usual ports (the proxy's listeners), the database,
@@ -76,10 +80,10 @@ def test_every_service_is_there(services):
 
 
 def test_project_services_run_the_project_image(services):
-    for name in PROJECT_SERVICES:
+    for name in PROJECT_SERVICES | PROJECT_ONE_SHOT:
         assert services[name]["image"] == PROJECT_IMAGE, name
         assert services[name]["build"]["context"] == ".", name
-    for name in STORES | ONE_SHOT | TOOLS:
+    for name in (STORES | ONE_SHOT | TOOLS) - PROJECT_ONE_SHOT:
         assert services[name]["image"] != PROJECT_IMAGE, name
 
 
@@ -119,16 +123,17 @@ def test_start_order(services):
         return set(services[name].get("depends_on", {}))
 
     assert needs("proxy") == {"kafka", "app_a", "app_b"}
-    assert needs("sink-timescale") == {"kafka", "timescaledb"}
+    assert needs("migrate") == {"timescaledb"}
+    assert needs("sink-timescale") == {"kafka", "timescaledb", "migrate"}
     assert needs("sink-lake") == {"kafka", "seaweedfs", "seaweedfs-init"}
     assert needs("seaweedfs-init") == {"seaweedfs"}
-    assert needs("grafana") == {"timescaledb"}
+    assert needs("grafana") == {"timescaledb", "migrate"}
 
 
 def test_project_services_use_only_documented_settings(services):
     documented = readme_settings()
     assert {"PROXY_ROUTES", "DATABASE_URL"} <= documented  # the table was found
-    for name in PROJECT_SERVICES:
+    for name in PROJECT_SERVICES | PROJECT_ONE_SHOT:
         unknown = set(services[name].get("environment", {})) - documented
         assert not unknown, f"{name}: not in README.md's configuration table: {sorted(unknown)}"
 
@@ -189,23 +194,29 @@ def test_sinks_reach_their_stores(services):
 
 
 
+def datasource() -> dict:
+    source = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/timescaledb.yaml").read_text())
+    (only,) = source["datasources"]
+    return only
+
+
 def test_grafana_reads_the_database_it_is_given(services):
     grafana = services["grafana"]
     assert grafana["image"].startswith("grafana/grafana-oss:")
     env = grafana["environment"]
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:-")
-    # The provisioned data source takes the database's own password from this variable.
-    assert env["POSTGRES_PASSWORD"] == services["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
     assert "/api/health" in " ".join(grafana["healthcheck"]["test"])
-    source = yaml.safe_load(
-        (ROOT / "deploy/grafana/provisioning/datasources/timescaledb.yaml").read_text())
-    (datasource,) = source["datasources"]
-    assert datasource["url"] == "timescaledb:5432"
-    assert datasource["jsonData"]["database"] == services["timescaledb"]["environment"][
+    source = datasource()
+    assert source["url"] == "timescaledb:5432"
+    assert source["jsonData"]["database"] == services["timescaledb"]["environment"][
         "POSTGRES_DB"]
-    assert datasource["user"] == services["timescaledb"]["environment"]["POSTGRES_USER"]
-    assert datasource["secureJsonData"]["password"] == "${POSTGRES_PASSWORD}"
+    # As the reader whose password this variable holds (see the least-privilege tests).
+    assert source["secureJsonData"]["password"] == "${TAPLINE_READER_PASSWORD}"
+    assert env["TAPLINE_READER_PASSWORD"] == services["migrate"]["environment"][
+        "TAPLINE_READER_PASSWORD"]
+
 
 def test_stores_keep_data_in_named_volumes(compose, services):
     for name in ("kafka", "timescaledb", "seaweedfs", "app_b", "grafana"):
@@ -327,6 +338,8 @@ def test_compose_normalized_file(docker_compose):
     lake = services["sink-lake"]["environment"]
     assert (lake["S3_BUCKET"], lake["SINK_BATCH_MAX_AGE_MS"]) == ("captures", "30000")
     assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] in (
+        services["migrate"]["environment"]["DATABASE_URL"])
+    assert services["migrate"]["environment"]["TAPLINE_WRITER_PASSWORD"] in (
         services["sink-timescale"]["environment"]["DATABASE_URL"])
 
 
@@ -337,8 +350,130 @@ def test_compose_takes_settings_from_the_environment(docker_compose):
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
     assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
-    assert services["grafana"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gr4fana"
-    assert ":s3cret@timescaledb:" in services["sink-timescale"]["environment"]["DATABASE_URL"]
+    assert ":s3cret@timescaledb:" in services["migrate"]["environment"]["DATABASE_URL"]
     for name in ("seaweedfs", "seaweedfs-init", "sink-lake"):
         assert services[name]["environment"]["S3_BUCKET"] == "lake-test", name
+
+
+# --- least privilege ---------------------------------------------------------------------------
+
+SECRETS = {"POSTGRES_PASSWORD": "owner-pw-1", "TAPLINE_WRITER_PASSWORD": "writer-pw-2",
+           "TAPLINE_READER_PASSWORD": "reader-pw-3", "S3_ACCESS_KEY_ID": "lake-key-4",
+           "S3_SECRET_ACCESS_KEY": "lake-secret-5", "GRAFANA_ADMIN_PASSWORD": "grafana-pw-6"}
+# Who may hold each secret; nobody else may see it anywhere in their service's definition.
+HOLDERS = {
+    "POSTGRES_PASSWORD": {"timescaledb", "migrate"},
+    "TAPLINE_WRITER_PASSWORD": {"migrate", "sink-timescale"},
+    "TAPLINE_READER_PASSWORD": {"migrate", "grafana"},
+    "S3_ACCESS_KEY_ID": {"seaweedfs", "sink-lake"},
+    "S3_SECRET_ACCESS_KEY": {"seaweedfs", "sink-lake"},
+    "GRAFANA_ADMIN_PASSWORD": {"grafana"},
+}
+WRITER_LOGIN, READER_LOGIN = "tapline_sink", "tapline_grafana"
+
+
+@pytest.fixture(scope="module")
+def resolved(docker_compose) -> dict[str, dict]:
+    """The services as Compose resolves them, with a distinct value for every secret."""
+    done = compose_config(docker_compose, "--format", "json", env=SECRETS)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["services"]
+
+
+def migrate_script(services: dict[str, dict]) -> str:
+    """The shell script the migrate service runs, as its container gets it: `config` keeps
+    Compose's escape `$$` (its output is a compose file again), the container sees `$`."""
+    command = services["migrate"]["command"]
+    assert command[:2] == ["sh", "-ec"], command
+    return command[2].replace("$$", "$")
+
+
+def test_each_secret_reaches_only_those_who_need_it(resolved):
+    for name, value in SECRETS.items():
+        seen = {service for service, definition in resolved.items()
+                if value in json.dumps(definition)}
+        assert seen == HOLDERS[name], name
+
+
+def test_the_apps_and_the_proxy_get_no_credentials(resolved):
+    for name in ("app_a", "app_b", "proxy"):
+        env = resolved[name].get("environment", {})
+        assert not [key for key in env if key == "DATABASE_URL" or key.startswith(("S3_", "AWS_"))
+                    or "PASSWORD" in key or "SECRET" in key], name
+
+
+def test_the_timescale_sink_logs_in_as_the_writer_and_does_not_migrate(resolved):
+    env = resolved["sink-timescale"]["environment"]
+    url = urlsplit(env["DATABASE_URL"])
+    assert (url.username, url.password, url.hostname) == (
+        WRITER_LOGIN, SECRETS["TAPLINE_WRITER_PASSWORD"], "timescaledb")
+    assert env["TIMESCALE_MIGRATE"] == "false"
+    # Policies are the owner's: they go with the migration.
+    assert not {"TIMESCALE_COMPRESS_AFTER", "TIMESCALE_RETENTION"} & set(env)
+    script = migrate_script(resolved)
+    assert (f"python -m db login {WRITER_LOGIN} --group writer "
+            "--password-env TAPLINE_WRITER_PASSWORD") in script
+    assert '--compress-after "$TIMESCALE_COMPRESS_AFTER"' in script  # Compose's $$ became $
+    owner = urlsplit(resolved["migrate"]["environment"]["DATABASE_URL"])
+    assert (owner.username, owner.password) == ("postgres", SECRETS["POSTGRES_PASSWORD"])
+
+
+def test_grafana_logs_in_as_a_reader(resolved):
+    assert datasource()["user"] == READER_LOGIN
+    assert resolved["grafana"]["environment"]["TAPLINE_READER_PASSWORD"] == SECRETS[
+        "TAPLINE_READER_PASSWORD"]
+    assert (f"python -m db login {READER_LOGIN} --group reader "
+            "--password-env TAPLINE_READER_PASSWORD") in migrate_script(resolved)
+
+
+def test_no_metrics_port_is_published(resolved):
+    metrics = {int(service["environment"][key]) for service in resolved.values()
+               for key in ("PROXY_METRICS_PORT", "SINK_METRICS_PORT")
+               if key in service.get("environment", {})}
+    assert metrics == {9101, 9102, 9103}
+    published = {int(port["published"]) for service in resolved.values()
+                 for port in service.get("ports", [])}
+    assert not metrics & published
+
+
+def seaweedfs_identities(bucket: str, key: str, secret: str) -> list[dict]:
+    """The identities start.sh writes, read from its heredoc with the values filled in."""
+    script = (ROOT / "deploy/seaweedfs/start.sh").read_text()
+    body = script.split('<<JSON\n', 1)[1].split("\nJSON\n", 1)[0]
+    for name, value in (("bucket", bucket), ("key", key), ("secret", secret)):
+        body = body.replace(f"${name}", value)
+    return json.loads(body)["identities"]
+
+
+def test_the_lake_key_may_only_write_into_the_bucket():
+    identities = {identity["name"]: identity
+                  for identity in seaweedfs_identities("captures", "k", "s")}
+    assert set(identities) == {"tapline-lake", "anonymous"}  # no admin identity at all
+    sink = identities["tapline-lake"]
+    assert sink["credentials"] == [{"accessKey": "k", "secretKey": "s"}]
+    assert sink["actions"] == ["Write:captures"]
+    assert identities["anonymous"]["actions"] == ["Read:captures", "List:captures"]
+
+
+def test_the_migrate_service_sets_up_the_roles(resolved, postgres, tmp_path):
+    # Its very script, against a real PostgreSQL: twice, as a second `up` would.
+    from tests.support import fresh_database
+
+    database = fresh_database(postgres.dsn)
+    env = {**resolved["migrate"]["environment"], "DATABASE_URL": database,
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for _ in range(2):
+        done = subprocess.run(["sh", "-ec", migrate_script(resolved)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["postgresql", "postgresql", "tapline_writer", "tapline_reader"]
+    with psycopg.connect(database) as conn:
+        found = conn.execute("""
+            SELECT r.rolname, r.rolcanlogin, r.rolpassword LIKE 'SCRAM-SHA-256$%%',
+                   pg_has_role(r.rolname, 'tapline_writer', 'MEMBER'),
+                   pg_has_role(r.rolname, 'tapline_reader', 'MEMBER')
+            FROM pg_authid r WHERE r.rolname IN (%s, %s) ORDER BY r.rolname""",
+                             (READER_LOGIN, WRITER_LOGIN)).fetchall()
+    assert found == [(READER_LOGIN, True, True, False, True),
+                     (WRITER_LOGIN, True, True, True, False)]

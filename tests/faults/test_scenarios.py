@@ -1,0 +1,197 @@
+"""Faults under steady load, each with its figures: requests sent and answered, captures
+counted by the proxy, rows in the database, records in the lake, drops by reason, duplicates.
+
+Each scenario runs the whole pipeline on real services, starts the load, breaks one part
+while the load runs, lets the load go on a little after the part is back, stops the load,
+waits until both sinks have committed every record on the topic, and then compares every
+capture id on the topic with those in PostgreSQL and in the lake (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from stack import Postgres
+from tests.faults.harness import (
+    SINKS,
+    Figures,
+    check,
+    duplicates,
+    final_count,
+    full_pipeline,
+    proxy_count,
+)
+from tests.faults.load import Load
+from tests.support import fresh_database, wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+OUTAGE_S = 30.0  # how long Kafka, and S3, stay unreachable
+RATE = 60.0  # requests a second, from 4 clients in all
+LEAD_S = 3.0  # load before the fault
+TRAIL_S = 3.0  # load after the part is back
+# Kafka's scenario: a queue that holds a part of the outage's captures and drops the rest.
+QUEUE_BYTES = 512 << 10
+KILLS = 3  # SIGKILLs of each sink
+POSTGRES_DOWN_S = 5.0
+
+
+def test_kafka_down_and_back(own_kafka, database, s3, bucket, tmp_path, report):
+    bootstrap = own_kafka.bootstrap_servers
+    with full_pipeline(tmp_path, bootstrap, database, s3.endpoint_url, bucket,
+                       CAPTURE_QUEUE_MAX_BYTES=str(QUEUE_BYTES),
+                       CAPTURE_MAX_RECORD_BYTES=str(128 << 10)) as full:
+        with Load(full.pipeline, RATE) as load:
+            time.sleep(LEAD_S)
+            own_kafka.stop()
+            down = datetime.now(UTC)
+            time.sleep(OUTAGE_S)
+            during = proxy_count(full.metrics)
+            own_kafka.start()  # the same broker: same port, same data
+            up = datetime.now(UTC)
+            unreachable = (up - down).total_seconds()  # with the broker's start
+            time.sleep(TRAIL_S)
+        assert own_kafka.bootstrap_servers == bootstrap
+        count = full.settle_proxy()
+        size = full.wait_caught_up()
+        stores = full.stores(size)
+        full.stop_sinks()
+    # Captures of requests made while Kafka was down that reached it once it was back.
+    waited = sum(1 for started in stores.started.values() if down < started < up)
+    figures = Figures(f"kafka stopped {OUTAGE_S:.0f} s", load.tally(), count.captured,
+                      count.dropped, stores,
+                      [f"kafka back after {unreachable:.1f} s",
+                       f"outage captures delivered later {waited}",
+                       f"duplicates on the topic {duplicates(stores.topic)}"])
+    report(figures.line())
+    check(figures)
+    # At the end of the outage the queue was full: part of the outage's captures waited in
+    # it, and reached Kafka once it was back; the rest were dropped and counted.
+    assert during.queued > 0 and during.dropped["queue_full"] > 0
+    assert waited > 0
+
+
+def test_sinks_killed_again_and_again(kafka, database, s3, bucket, tmp_path, report):
+    seed = random.randrange(1 << 16)
+    with full_pipeline(tmp_path, kafka.bootstrap_servers, database, s3.endpoint_url,
+                       bucket) as full:
+        with Load(full.pipeline, RATE) as load:
+            time.sleep(LEAD_S)
+
+            def kill_again_and_again(name: str, rng: random.Random) -> None:
+                for kill in range(KILLS):
+                    # Each kill comes at a random moment once the sink is at work again.
+                    wait_until(lambda: full.written(name) > 0, timeout=60,
+                               what=f"the {name} sink to write")
+                    time.sleep(rng.uniform(0.0, 1.0))
+                    full.kill_sink(name)
+                    # The first restart is a plain one, in the killed sink's group, and waits
+                    # for Kafka to expire the dead member; later ones resume from the same
+                    # commits in a copy of the group, to keep the run short.
+                    full.restart_sink(name, copy=kill > 0)
+
+            with ThreadPoolExecutor(len(SINKS)) as pool:
+                for done in [pool.submit(kill_again_and_again, name, random.Random(seed + n))
+                             for n, name in enumerate(SINKS)]:
+                    done.result()
+            time.sleep(TRAIL_S)
+        count = full.settle_proxy()
+        size = full.wait_caught_up()
+        stores = full.stores(size)
+        again = {name: full.read_again(name, len(stores.topic)) for name in SINKS}
+        full.stop_sinks()
+    figures = Figures(f"each sink SIGKILLed {KILLS} times", load.tally(), count.captured,
+                      count.dropped, stores,
+                      [f"read again after kills: db {again['timescale']}, lake {again['lake']}",
+                       f"seed {seed}"])
+    report(figures.line())
+    check(figures)
+    assert sum(count.dropped.values()) == 0
+
+
+def test_postgres_restarted_while_s3_is_unreachable(kafka, s3, bucket, tmp_path, report):
+    # One scenario for the two stores, as one load run: each sink has its own store, so the
+    # faults do not mask each other, and the run stays short. A PostgreSQL cluster of its own:
+    # restarting the suite's would disturb the other tests.
+    own = Postgres(tmp_path / "pg")
+    own.start()
+    try:
+        database = fresh_database(own.dsn)
+        with full_pipeline(tmp_path, kafka.bootstrap_servers, database, s3.endpoint_url,
+                           bucket) as full:
+            with Load(full.pipeline, RATE) as load:
+                time.sleep(LEAD_S)
+                full.forwarder.set("reset")  # every connection to S3 reset, new ones too
+                s3_back = time.monotonic() + OUTAGE_S
+                time.sleep(OUTAGE_S / 3)
+                own.stop()
+                pg_down = time.monotonic()
+                time.sleep(POSTGRES_DOWN_S)
+                own.start()
+                pg_down = time.monotonic() - pg_down  # with the cluster's start
+                time.sleep(max(0.0, s3_back - time.monotonic()))
+                full.forwarder.set("up")
+                time.sleep(TRAIL_S)
+            count = full.settle_proxy()
+            size = full.wait_caught_up()
+            retries = {name: full.write_retries(name) for name in SINKS}
+            stores = full.stores(size)
+            full.stop_sinks()
+    finally:
+        own.close()
+    figures = Figures(
+        f"postgres stopped {POSTGRES_DOWN_S:.0f} s, s3 unreachable {OUTAGE_S:.0f} s",
+        load.tally(), count.captured, count.dropped, stores,
+        [f"postgres back after {pg_down:.1f} s",
+         f"write retries: db {retries['timescale']}, lake {retries['lake']}"])
+    report(figures.line())
+    check(figures)
+    assert sum(count.dropped.values()) == 0
+    # Each sink did meet its store down, and S3 was refused to it.
+    assert retries["timescale"] > 0 and retries["lake"] > 0
+    assert full.forwarder.accepted["reset"] > 0
+
+
+def test_proxy_stopped(kafka, database, s3, bucket, tmp_path, report):
+    # Records wait up to half a second in the Kafka client before they are sent, so that the
+    # stop always finds some in flight: the proxy must flush them or count them.
+    with full_pipeline(tmp_path, kafka.bootstrap_servers, database, s3.endpoint_url, bucket,
+                       KAFKA_LINGER_MS="500") as full:
+        proxy = full.pipeline.proxy.proc
+        load = Load(full.pipeline, RATE).start()
+        try:
+            time.sleep(5.0)
+            # Stop at a moment when records wait to be sent: a batch lingers 500 ms and the
+            # next starts with the next capture, so such a moment comes within a few scrapes.
+            before = wait_until(lambda: (c := proxy_count(full.metrics)).queued + c.in_flight
+                                and c, timeout=10, interval=0.01,
+                                what="records in flight in the proxy")
+            proxy.send_signal(signal.SIGTERM)
+        finally:
+            tally = load.stop()
+        assert proxy.wait(30) == 0
+        final = final_count(full.pipeline.proxy.log)
+        size = full.wait_caught_up()
+        stores = full.stores(size)
+        full.stop_sinks()
+    # The proxy's last words give the total dropped, not the reasons: what was dropped after
+    # the last scrape is shown as such.
+    dropped = dict(before.dropped)
+    dropped["after the last scrape"] = int(final["dropped"]) - sum(before.dropped.values())
+    failed = tally.sent - tally.ok
+    figures = Figures("proxy SIGTERM", tally, int(final["captured"]), dropped, stores,
+                      [f"in flight at the stop {before.queued + before.in_flight}",
+                       f"requests failed at the stop {failed}"])
+    report(figures.line())
+    check(figures, clients_see_errors=True)
+    # Only requests in flight as the proxy stopped may fail: at most one per client.
+    assert failed <= 4, tally.failed
+    assert before.in_flight + before.queued > 0  # the stop did find records to flush
+    assert final["captured"] == final["produced"] + final["dropped"]
+    assert len(stores.topic) == final["produced"]

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit lint fetch run load proxy apps migrate up down logs ps clean
+.PHONY: install test test-faults test-unit lint fetch run load proxy apps migrate up down logs ps clean
 
 # Where `make load` sends traffic: the proxy in front of app_a.
 APP_A ?= http://127.0.0.1:5000
@@ -38,6 +38,12 @@ load: $(STAMP)
 
 test: fetch
 	$(BIN)/python -m pytest
+
+# The fault scenarios alone (also part of `make test`): the whole pipeline under load while
+# Kafka, a sink, PostgreSQL, S3 or the proxy fails, one line of figures each at the end
+# (docs/reliability.md). Three to four minutes on two cores.
+test-faults: fetch
+	$(BIN)/python -m pytest tests/faults -p no:cacheprovider -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/apps -m "not integration"

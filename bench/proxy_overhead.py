@@ -1,0 +1,605 @@
+"""What capturing costs the proxy: the capture addon against bare mitmdump, in one session.
+
+    .venv/bin/python bench/proxy_overhead.py                 # everything, about 30 minutes
+    .venv/bin/python bench/proxy_overhead.py --only overhead --rounds 3 --requests 2000
+    .venv/bin/python bench/proxy_overhead.py --quick         # a small run, as CI does
+
+Four configurations serve the same upstream (bench/bench_app.py under gunicorn, 2 gthread
+workers): the app direct; bare mitmdump in reverse mode (bench/bare_mitmdump.py: the options
+of `python -m proxy` without the addon); `python -m proxy` with Kafka up; and `python -m
+proxy` with Kafka down (its bootstrap address is a closed port, so records queue, then drop,
+counted). Sections:
+
+  overhead  every load (GET small / POST 100 KB, c=4 / c=64, keep-alive or a new connection
+            per request) against every configuration, interleaved, in rounds; the table shows
+            medians and, against bare mitmdump, the median of each round's paired ratio.
+  cost      proxy CPU time per request (utime + stime from /proc) at 3 concurrencies.
+  scaling   2 capture proxies on 2 ports (mitmproxy does not share a port between
+            processes), one ab each, against 1 proxy with the same total concurrency.
+  memory    fresh proxies under a sustained load, VmRSS sampled every second.
+
+Every capture proxy's counts are checked at the end: each exchange ab completed was captured,
+and each capture is on the topic or counted as dropped, by reason (a capture the producer
+could not keep up with is dropped as queue_full, and the tables show how many), or is still
+queued (Kafka down); a count that does not add up ends the bench with status 1. Kafka comes
+from KAFKA_BOOTSTRAP_SERVERS or is launched on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_app import upload_body
+from bench.common import (
+    ROOT,
+    AbResult,
+    BenchError,
+    Load,
+    ab,
+    cpu_seconds,
+    load_average,
+    median,
+    memory_kb,
+    wait_for,
+)
+from stack import free_port, kafka_from_env
+from tests.support import Process, sample, scrape, wait_for_port
+
+DIRECT, BARE, CAPTURE, KAFKA_DOWN = "app direct", "bare mitmdump", "capture, Kafka up", \
+    "capture, Kafka down"
+CONFIGS = (DIRECT, BARE, CAPTURE, KAFKA_DOWN)
+TARGET_RATIO, TARGET_P99_MS = 0.95, 1.0
+REDACT_KEY = "bench-redact-key"
+PYTHON = sys.executable
+
+console = Console(width=170)
+
+
+def note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- the processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Somewhere ab can send traffic: the app, or one proxy process in front of it."""
+
+    name: str
+    url: str
+    process: Process | None = None
+    metrics: str | None = None
+    sent: int = 0  # exchanges ab completed through it
+    # How many more the proxy may have seen: requests ab counted as failed, and those in
+    # flight when a timed ab run stopped.
+    slack: int = 0
+    ports: list[int] = field(default_factory=list)  # where it listens once it is ready
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None and self.process.proc is not None
+        return self.process.proc.pid
+
+
+class Rig:
+    """Starts the app and the proxies in front of it; stops all of them, whatever happens."""
+
+    def __init__(self, workdir: Path, bootstrap: str, topic: str) -> None:
+        self.workdir = workdir
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.processes: list[Process] = []
+        self.app_port = free_port()
+
+    def launch(self, name: str, command: list[str], env: dict[str, str],
+                ports: list[int], url: str, metrics: str | None = None) -> Target:
+        """Start a process and return at once; `ready()` waits until it listens."""
+        slug = name.replace(",", "").replace(" ", "-").replace("#", "")
+        log = self.workdir / f"{slug}-{len(self.processes)}.log"
+        process = Process(command, log, env).start()
+        self.processes.append(process)
+        return Target(name, url, process, metrics, ports=ports)
+
+    def app(self) -> Target:
+        return self.launch(DIRECT, [
+            PYTHON, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4",
+            "-b", f"127.0.0.1:{self.app_port}", "bench.bench_app:app"], {}, [self.app_port],
+            f"http://127.0.0.1:{self.app_port}")
+
+    def proxy(self, name: str, *, capture: bool, bootstrap: str | None = None) -> Target:
+        port = free_port()
+        env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{self.app_port}@{port}",
+               "PROXY_METRICS_PORT": "0"}
+        command = [PYTHON, str(ROOT / "bench" / "bare_mitmdump.py")]
+        ports = [port]
+        metrics = None
+        if capture:
+            metrics_port = free_port()
+            env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap or self.bootstrap,
+                        "CAPTURE_TOPIC": self.topic, "PROXY_METRICS_PORT": str(metrics_port),
+                        "CAPTURE_REDACT_KEY": REDACT_KEY})
+            command = [PYTHON, "-m", "proxy"]
+            ports.append(metrics_port)
+            metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        return self.launch(name, command, env, ports, f"http://127.0.0.1:{port}", metrics)
+
+    @staticmethod
+    def ready(*targets: Target) -> None:
+        for target in targets:
+            for port in target.ports:
+                wait_for_port(port, target.process.proc, target.process.log, timeout=60)
+
+    def stop(self, target: Target) -> None:
+        if target.process is not None:
+            target.process.stop(30)
+
+    def close(self) -> None:
+        """SIGTERM to all at once (each capture proxy may take seconds to flush), then wait."""
+        running = [p.proc for p in self.processes if p.proc and p.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def closed_address() -> str:
+    """A loopback address where no Kafka (nothing at all) listens."""
+    return f"127.0.0.1:{free_port()}"
+
+
+# --- running ab, keeping count --------------------------------------------------------------
+
+
+def run(target: Target, load: Load, requests: int, *, seconds: float | None = None) -> AbResult:
+    result = ab(target.url, load, requests, seconds=seconds)
+    target.sent += result.complete - result.failed
+    target.slack += result.failed + (load.concurrency if seconds is not None else 0)
+    return result
+
+
+def warm_up(targets: list[Target], loads: list[Load]) -> None:
+    """A few requests of every load, so that no measurement pays for first connections,
+    imports or the producer's connection to Kafka."""
+    for target in targets:
+        for load in loads:
+            run(target, Load(min(load.concurrency, 4), load.keepalive, load.body), 40)
+
+
+def wait_connected(target: Target) -> None:
+    """Until the capture proxy has produced a record: its Kafka connection is up."""
+    run(target, Load(1, True), 5)
+    wait_for(lambda: metric(target, "tapline_proxy_produced_total") >= 1, 60,
+             f"{target.name} to produce to Kafka")
+
+
+def metric(target: Target, name: str, **labels: str) -> float:
+    assert target.metrics
+    return sample(scrape(target.metrics), name, **labels)
+
+
+# --- section: overhead ------------------------------------------------------------------------
+
+
+Results = dict[tuple[Load, str], list[AbResult]]
+Drops = dict[tuple[Load, str], float]
+
+
+def dropped(target: Target) -> float:
+    if target.metrics is None:
+        return 0.0
+    samples = scrape(target.metrics)
+    return sum(value for name, value in samples.items()
+               if name.startswith("tapline_proxy_dropped_total{"))
+
+
+def overhead(targets: dict[str, Target], loads: list[Load], rounds: int,
+             requests: int) -> tuple[Results, Drops]:
+    results: Results = {}
+    drops: Drops = {}
+    for round_ in range(rounds):
+        for load in loads:
+            # A different order in each round, so that no configuration always runs first.
+            order = CONFIGS[round_ % 4:] + CONFIGS[:round_ % 4]
+            for name in order:
+                before = dropped(targets[name])
+                result = run(targets[name], load, requests)
+                lost = dropped(targets[name]) - before
+                results.setdefault((load, name), []).append(result)
+                drops[(load, name)] = drops.get((load, name), 0.0) + lost
+                note(f"round {round_ + 1}/{rounds}  {load.label:<32} {name:<20} "
+                     f"{result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f}  "
+                     f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
+                     f"captures dropped {lost:.0f}")
+    return results, drops
+
+
+def overhead_table(results: Results, drops: Drops, loads: list[Load],
+                   style: box.Box) -> Table:
+    table = Table(title="Capture overhead against bare mitmdump (medians of the rounds)",
+                  box=style)
+    for column in ("load", "configuration", "req/s", "spread", "p50 ms", "p99 ms",
+                   "vs bare", "Δp99 vs bare", "errors", "captures dropped", "target"):
+        table.add_column(column, justify="left" if column in ("load", "configuration")
+                         else "right")
+    for load in loads:
+        bare = results[(load, BARE)]
+        for name in CONFIGS:
+            runs = results[(load, name)]
+            rps = [r.rps for r in runs]
+            # Paired by round: each round's ratio to the bare run of the same round.
+            ratio = median([r.rps / b.rps for r, b in zip(runs, bare, strict=True)])
+            delta = median([r.p99_ms - b.p99_ms for r, b in zip(runs, bare, strict=True)])
+            spread = (max(rps) - min(rps)) / median(rps) * 100
+            verdict = ""
+            if name in (CAPTURE, KAFKA_DOWN):
+                met = ratio >= TARGET_RATIO and delta <= TARGET_P99_MS
+                verdict = "met" if met else "missed"
+            table.add_row(
+                load.label if name == DIRECT else "", name, f"{median(rps):.0f}",
+                f"±{spread / 2:.0f}%", f"{median([r.p50_ms for r in runs]):.2f}",
+                f"{median([r.p99_ms for r in runs]):.2f}",
+                f"{ratio:.2f}" if name != BARE else "1",
+                f"{delta:+.2f}" if name != BARE else "",
+                str(sum(r.errors for r in runs)),
+                f"{drops[(load, name)]:.0f} of {sum(r.complete for r in runs)}"
+                if name in (CAPTURE, KAFKA_DOWN) else "", verdict,
+                end_section=name == CONFIGS[-1],
+            )
+    return table
+
+
+# --- section: cost per request ----------------------------------------------------------------
+
+
+def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requests: int,
+         broker_pid: int | None, style: box.Box) -> Table:
+    rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for round_ in range(rounds):
+        for concurrency in concurrencies:
+            for name in (BARE, CAPTURE):
+                target = targets[name]
+                load = Load(concurrency, True)
+                before = cpu_seconds(target.pid)
+                broker_before = cpu_seconds(broker_pid) if broker_pid else 0.0
+                result = run(target, load, requests)
+                used = cpu_seconds(target.pid) - before
+                broker = cpu_seconds(broker_pid) - broker_before if broker_pid else 0.0
+                rows.setdefault((name, concurrency), []).append(
+                    (result.rps, used / result.complete * 1e6,
+                     broker / result.complete * 1e6))
+                note(f"cost round {round_ + 1}/{rounds}  c={concurrency:<3} {name:<18} "
+                     f"{result.rps:6.0f} req/s  {used / result.complete * 1e6:6.0f} µs CPU/req")
+    table = Table(title="Proxy CPU per request, GET small, keep-alive (medians)", box=style)
+    for column in ("concurrency", "configuration", "req/s", "proxy CPU µs/req",
+                   "capture - bare µs/req", "Kafka broker CPU µs/req"):
+        table.add_column(column, justify="right")
+    for concurrency in concurrencies:
+        bare_us = median([r[1] for r in rows[(BARE, concurrency)]])
+        for name in (BARE, CAPTURE):
+            runs = rows[(name, concurrency)]
+            us = median([r[1] for r in runs])
+            table.add_row(
+                str(concurrency) if name == BARE else "", name,
+                f"{median([r[0] for r in runs]):.0f}", f"{us:.0f}",
+                f"{us - bare_us:+.0f}" if name == CAPTURE else "",
+                f"{median([r[2] for r in runs]):.0f}" if name == CAPTURE and broker_pid else "",
+                end_section=name == CAPTURE,
+            )
+    return table
+
+
+# --- section: scaling out -----------------------------------------------------------------------
+
+
+def scaling(rig: Rig, first: Target, concurrencies: list[int], rounds: int, requests: int,
+            style: box.Box) -> tuple[Table, list[Target]]:
+    second = rig.proxy(f"{CAPTURE} #2", capture=True)
+    rig.ready(second)
+    wait_connected(second)
+    warm_up([second], [Load(4, True)])
+    rows: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for round_ in range(rounds):
+        for concurrency in concurrencies:
+            load = Load(concurrency, True)
+            one = run(first, load, requests)
+            rows.setdefault((1, concurrency), []).append((one.rps, one.p50_ms, one.p99_ms))
+            half = Load(max(1, concurrency // 2), True)
+            halves: list[AbResult] = []
+
+            def one_ab(target: Target, load: Load = half, done: list = halves) -> None:
+                done.append(run(target, load, requests // 2))
+
+            threads = [threading.Thread(target=one_ab, args=(t,)) for t in (first, second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if len(halves) != 2:
+                raise BenchError("an ab of the two-process run failed; see above")
+            # Both ab's start together; the pair's rate is all requests over the longer run.
+            combined = sum(r.complete for r in halves) / max(r.seconds for r in halves)
+            rows.setdefault((2, concurrency), []).append(
+                (combined, max(r.p50_ms for r in halves), max(r.p99_ms for r in halves)))
+            note(f"scaling round {round_ + 1}/{rounds}  c={concurrency:<3} 1 process "
+                 f"{one.rps:6.0f} req/s, 2 processes {combined:6.0f} req/s")
+    table = Table(title="Capture proxies (Kafka up) side by side: GET small, keep-alive "
+                  "(medians)", box=style)
+    for column in ("total concurrency", "processes", "req/s (sum)", "vs 1 process",
+                   "p50 ms (worse)", "p99 ms (worse)"):
+        table.add_column(column, justify="right")
+    for concurrency in concurrencies:
+        base = median([r[0] for r in rows[(1, concurrency)]])
+        for processes in (1, 2):
+            runs = rows[(processes, concurrency)]
+            rps = median([r[0] for r in runs])
+            table.add_row(str(concurrency) if processes == 1 else "", str(processes),
+                          f"{rps:.0f}", f"{rps / base:.2f}",
+                          f"{median([r[1] for r in runs]):.2f}",
+                          f"{median([r[2] for r in runs]):.2f}", end_section=processes == 2)
+    return table, [second]
+
+
+# --- section: memory ------------------------------------------------------------------------------
+
+
+def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple[Table, list]:
+    table = Table(title=f"Proxy memory (VmRSS) under {seconds:.0f} s of sustained load, "
+                  "fresh processes", box=style)
+    for column in ("configuration", "load", "requests", "req/s", "RSS start MB",
+                   "RSS peak MB", "RSS end MB", "queued MB at end", "dropped"):
+        table.add_column(column, justify="left" if column in ("configuration", "load")
+                         else "right")
+    checked = []
+    for name, bootstrap in ((CAPTURE, None), (KAFKA_DOWN, closed_address())):
+        for load in loads:
+            target = rig.proxy(name, capture=True, bootstrap=bootstrap)
+            rig.ready(target)
+            if bootstrap is None:
+                wait_connected(target)
+            samples: list[int] = []
+            stop = threading.Event()
+
+            def sample_rss(pid: int, stop: threading.Event, samples: list[int]) -> None:
+                while not stop.is_set():
+                    samples.append(memory_kb(pid))
+                    stop.wait(1.0)
+
+            start_kb = memory_kb(target.pid)
+            sampler = threading.Thread(target=sample_rss, args=(target.pid, stop, samples))
+            sampler.start()
+            try:
+                result = run(target, load, 10_000_000, seconds=seconds)
+            finally:
+                stop.set()
+                sampler.join()
+            end_kb = memory_kb(target.pid)
+            queued = metric(target, "tapline_proxy_queue_bytes")
+            dropped = metric(target, "tapline_proxy_dropped_total", reason="queue_full")
+            note(f"memory  {name:<20} {load.label:<32} {result.rps:6.0f} req/s  "
+                 f"RSS {start_kb / 1024:.0f} -> peak {max(samples) / 1024:.0f} -> "
+                 f"{end_kb / 1024:.0f} MB")
+            table.add_row(name, load.label, str(result.complete), f"{result.rps:.0f}",
+                          f"{start_kb / 1024:.0f}", f"{max([*samples, end_kb]) / 1024:.0f}",
+                          f"{end_kb / 1024:.0f}", f"{queued / 2**20:.1f}", f"{dropped:.0f}")
+            checked.append(account(rig, target, kafka_up=bootstrap is None))
+            rig.stop(target)
+    return table, checked
+
+
+# --- the counts must add up ---------------------------------------------------------------------
+
+
+@dataclass
+class Account:
+    name: str
+    sent: int
+    captured: float
+    produced: float
+    dropped: dict[str, float] = field(default_factory=dict)
+    queued: float = 0.0
+    problem: str = ""
+
+
+def account(rig: Rig, target: Target, *, kafka_up: bool) -> Account:
+    """Every exchange ab completed was captured; every capture was produced or counted as
+    dropped, by reason (Kafka up), or is dropped or still queued (Kafka down)."""
+    def read() -> Account:
+        samples = scrape(target.metrics)
+        return Account(
+            target.name, target.sent,
+            sample(samples, "tapline_proxy_captures_total"),
+            sample(samples, "tapline_proxy_produced_total"),
+            {reason: value for reason in ("queue_full", "kafka_error", "oversized",
+                                          "encode_error", "shutdown")
+             if (value := sample(samples, "tapline_proxy_dropped_total", reason=reason))},
+            sample(samples, "tapline_proxy_queue_records")
+            + sample(samples, "tapline_proxy_in_flight_records"),
+        )
+
+    if kafka_up:
+        # Let the producer catch up: everything queued gets acknowledged or dropped.
+        with contextlib.suppress(BenchError):
+            wait_for(lambda: (a := read()).produced + sum(a.dropped.values()) >= a.captured,
+                     60, f"{target.name} to produce its backlog")
+    result = read()
+    problems = []
+    if not result.sent <= result.captured <= result.sent + target.slack:
+        problems.append(f"{result.sent} exchanges sent (and {target.slack} failed or cut "
+                        f"short) but {result.captured:.0f} captured")
+    if kafka_up and result.produced + sum(result.dropped.values()) != result.captured:
+        problems.append(f"{result.captured:.0f} captured, but {result.produced:.0f} produced "
+                        f"and dropped {result.dropped}")
+    if not kafka_up and (result.produced or
+                         sum(result.dropped.values()) + result.queued != result.captured):
+        problems.append(f"Kafka down, yet {result.produced:.0f} produced, or dropped "
+                        f"{result.dropped} + queued {result.queued:.0f} != captured")
+    result.problem = "; ".join(problems)
+    return result
+
+
+def topic_records(bootstrap: str, topic: str) -> int:
+    """How many records the topic holds (the sum of its partitions' end offsets)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import TopicPartition
+
+    async def count() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        partitions = [TopicPartition(topic, p["partition"]) for t in described
+                      if t["error_code"] == 0 for p in t["partitions"]]
+        if not partitions:
+            return 0
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return sum((await consumer.end_offsets(partitions)).values())
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(count())
+
+
+def accounts_table(accounts: list[Account], on_topic: int, produced: float,
+                   style: box.Box) -> Table:
+    table = Table(title="Every exchange accounted for", box=style)
+    for column in ("proxy", "sent (ab)", "captured", "produced", "dropped", "queued",
+                   "problem"):
+        table.add_column(column, justify="left" if column in ("proxy", "dropped", "problem")
+                         else "right")
+    for a in accounts:
+        table.add_row(a.name, str(a.sent), f"{a.captured:.0f}", f"{a.produced:.0f}",
+                      ", ".join(f"{k} {v:.0f}" for k, v in a.dropped.items()) or "0",
+                      f"{a.queued:.0f}", a.problem or "none")
+    table.caption = (f"records on the topic: {on_topic}; produced by all Kafka-up proxies: "
+                     f"{produced:.0f}")
+    return table
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=["overhead", "cost", "scaling", "memory"],
+                        default=["overhead", "cost", "scaling", "memory"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000, help="per ab run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 64])
+    parser.add_argument("--cost-concurrency", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--scaling-concurrency", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--sustain", type=float, default=60.0, help="seconds, memory section")
+    parser.add_argument("--markdown", action="store_true", help="tables in Markdown")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round of one load, a few hundred requests: proves it runs")
+    args = parser.parse_args()
+
+    upload = upload_body()
+    loads = [Load(c, keepalive, body) for body in (None, upload) for keepalive in (True, False)
+             for c in args.concurrency]
+    memory_loads = [Load(64, True), Load(64, True, upload)]
+    if args.quick:
+        args.rounds, args.requests, args.sustain = 1, 100, 2.0
+        args.cost_concurrency, args.scaling_concurrency = [4, 16, 64], [8]
+        loads, memory_loads = [Load(4, True)], [Load(4, True)]
+    style = box.MARKDOWN if args.markdown else box.SIMPLE_HEAD
+
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tapline-bench-") as tmp, contextlib.ExitStack() as \
+            stack:
+        workdir = Path(tmp)
+        began = time.monotonic()
+        kafka = kafka_from_env(workdir / "kafka")
+        stack.callback(kafka.close)
+        topic = f"bench-proxy-{uuid.uuid4().hex[:8]}"
+        rig = Rig(workdir, kafka.bootstrap_servers, topic)
+        stack.callback(rig.close)
+        # The broker starts while the processes that do not need it do.
+        with ThreadPoolExecutor(1) as pool:
+            kafka_started = pool.submit(kafka.start)
+            targets = {DIRECT: rig.app(), BARE: rig.proxy(BARE, capture=False),
+                       KAFKA_DOWN: rig.proxy(KAFKA_DOWN, capture=True,
+                                             bootstrap=closed_address())}
+            rig.ready(*targets.values())
+            kafka_started.result()
+        targets[CAPTURE] = rig.proxy(CAPTURE, capture=True)
+        rig.ready(targets[CAPTURE])
+        broker = getattr(kafka, "_proc", None)  # only a broker we launched has a pid here
+        broker_pid = broker.pid if broker is not None else None
+        wait_connected(targets[CAPTURE])
+        note(f"Kafka and {len(targets)} processes ready in {time.monotonic() - began:.0f} s")
+        warm_up(list(targets.values()), loads)
+        note(f"warmed up in {time.monotonic() - began:.0f} s")
+        console.print(f"load average before: {load_average()} (1, 5, 15 min); "
+                      f"{len(loads)} loads x {len(CONFIGS)} configurations x {args.rounds} "
+                      f"rounds of {args.requests} requests")
+        accounts: list[Account] = []
+        started = time.monotonic()
+        if "overhead" in args.only:
+            results, drops = overhead(targets, loads, args.rounds, args.requests)
+            console.print(overhead_table(results, drops, loads, style))
+            console.print(f"load average: {load_average()}")
+        if "cost" in args.only:
+            console.print(cost(targets, args.cost_concurrency, args.rounds, args.requests,
+                               broker_pid, style))
+            console.print(f"load average: {load_average()}")
+        extra: list[Target] = []
+        if "scaling" in args.only:
+            table, extra = scaling(rig, targets[CAPTURE], args.scaling_concurrency,
+                                   args.rounds, args.requests, style)
+            console.print(table)
+            console.print(f"load average: {load_average()}")
+        accounts += [account(rig, t, kafka_up=True) for t in [targets[CAPTURE], *extra]]
+        accounts.append(account(rig, targets[KAFKA_DOWN], kafka_up=False))
+        if "memory" in args.only:
+            table, checked = memory(rig, memory_loads, args.sustain, style)
+            console.print(table)
+            console.print(f"load average: {load_average()}")
+            accounts += checked
+        produced = sum(a.produced for a in accounts if not a.name.endswith("down"))
+        on_topic = topic_records(kafka.bootstrap_servers, topic)
+        console.print(accounts_table(accounts, on_topic, produced, style))
+        failures += [f"{a.name}: {a.problem}" for a in accounts if a.problem]
+        if on_topic != produced:
+            failures.append(f"the topic holds {on_topic} records, the proxies produced "
+                            f"{produced:.0f}")
+        console.print(f"took {time.monotonic() - started:.0f} s; load average after: "
+                      f"{load_average()}")
+    for failure in failures:
+        print(f"proxy_overhead: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"proxy_overhead: {e}", file=sys.stderr)
+        sys.exit(1)

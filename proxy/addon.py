@@ -26,7 +26,7 @@ from proxy.exchange import (
     unframe_empty,
 )
 from proxy.metrics import ProxyMetrics
-from proxy.producer import CaptureProducer
+from proxy.producer import CaptureProducer, quiet_kafka_client_logs
 from proxy.settings import ProxySettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class CaptureAddon:
         except OSError as e:
             log.error("metrics endpoint %s:%d unavailable: %s",
                       self.settings.metrics_host, self.settings.metrics_port, e)
+        quiet_kafka_client_logs()
         self.producer.start()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

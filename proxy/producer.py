@@ -18,7 +18,7 @@ from collections import deque
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import DROP_REASONS, ProxyMetrics
 from proxy.settings import ProxySettings
 from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, record_cap
 
@@ -197,15 +197,20 @@ class CaptureProducer:
 
     # --- shutdown --------------------------------------------------------------------------
 
-    async def close(self, timeout_s: float) -> dict[str, float]:
-        """Flush what can be flushed within `timeout_s`, then count the rest as dropped."""
-        self._closing = True
+    async def close(self, timeout_s: float) -> dict[str, object]:
+        """Flush what can be flushed within `timeout_s`, then count the rest as dropped.
+
+        Offers stay open while the flush runs: mitmproxy still finishes the exchanges in
+        progress as it stops, and their records can go out with the rest. Only when the queue is
+        empty, or the time is up, does the queue close; what is left is dropped as `shutdown`.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (self._queue or self._in_flight) and self._kafka is not None:
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.02)
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -226,7 +231,45 @@ class CaptureProducer:
             "captured": self.metrics.value("tapline_proxy_captures_total"),
             "produced": self.metrics.value("tapline_proxy_produced_total"),
             "dropped": self.metrics.dropped_total(),
+            "dropped_by_reason": {
+                reason: self.metrics.value("tapline_proxy_dropped_total", reason=reason)
+                for reason in DROP_REASONS
+            },
             "dropped_at_shutdown": float(left),
         }
         log.info("capture producer stopped: %s", summary)
         return summary
+
+
+class RepeatFilter(logging.Filter):
+    """Lets each distinct message through at most once per `interval_s`, then says how many
+    copies it held back. While Kafka is down aiokafka logs an error for every failed
+    connection attempt and every expired batch, hundreds a minute, which would bury the
+    proxy's own lines (the drop counters already count every lost record)."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.levelno}:{record.msg}"
+        now = time.monotonic()
+        shown_at, held = self._last.get(key, (float("-inf"), 0))
+        if now - shown_at < self.interval_s:
+            self._last[key] = (shown_at, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.interval_s:g} s)"
+        self._last[key] = (now, 0)
+        if len(self._last) > 1000:  # messages are templates, but bound the memory anyway
+            self._last.clear()
+        return True
+
+
+def quiet_kafka_client_logs(interval_s: float = 30.0) -> None:
+    """Install `RepeatFilter` on aiokafka's loggers (the handlers are mitmproxy's)."""
+    repeat = RepeatFilter(interval_s)
+    for name in ("aiokafka.conn", "aiokafka.client", "aiokafka.cluster", "aiokafka.admin.client",
+                 "aiokafka.producer.sender", "aiokafka.producer.producer"):
+        logging.getLogger(name).addFilter(repeat)

@@ -67,7 +67,8 @@ def proxy_count(metrics_url: str) -> ProxyCount:
 
 def final_count(proxy_log: Path) -> dict[str, float]:
     """The figures the proxy logs as its producer stops: captured, produced, dropped (all
-    reasons) and dropped_at_shutdown (what was still queued or in flight)."""
+    reasons), dropped_by_reason and dropped_at_shutdown (what was still queued or in
+    flight)."""
     for line in reversed(proxy_log.read_text(errors="replace").splitlines()):
         _, found, summary = line.partition("capture producer stopped: ")
         if found:

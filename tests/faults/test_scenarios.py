@@ -180,10 +180,9 @@ def test_proxy_stopped(kafka, database, s3, bucket, tmp_path, report):
         size = full.wait_caught_up()
         stores = full.stores(size)
         full.stop_sinks()
-    # The proxy's last words give the total dropped, not the reasons: what was dropped after
-    # the last scrape is shown as such.
-    dropped = dict(before.dropped)
-    dropped["after the last scrape"] = int(final["dropped"]) - sum(before.dropped.values())
+    # The proxy's last words count its drops by reason, those of the stop included.
+    dropped = {reason: int(n) for reason, n in final["dropped_by_reason"].items()}
+    assert sum(dropped.values()) == final["dropped"]
     failed = tally.sent - tally.ok
     figures = Figures("proxy SIGTERM", tally, int(final["captured"]), dropped, stores,
                       [f"in flight at the stop {before.queued + before.in_flight}",

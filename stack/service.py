@@ -224,6 +224,17 @@ class ProcessService:
                 clean = False
         self._after_stop(clean)
 
+    def kill(self) -> None:
+        """SIGKILL: the process ends at once, with no chance to clean up (a crash, for tests)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        forget_at_exit(self)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._after_stop(False)
+
     def close(self) -> None:
         """End of use: the same as `stop()` for a service we launched."""
         self.stop()

@@ -49,7 +49,7 @@ def test_kafka_down_and_back(own_kafka, database, s3, bucket, tmp_path, report):
                        CAPTURE_MAX_RECORD_BYTES=str(128 << 10)) as full:
         with Load(full.pipeline, RATE) as load:
             time.sleep(LEAD_S)
-            own_kafka.stop()
+            own_kafka.kill()  # SIGKILL: a crash, not a clean shutdown
             down = datetime.now(UTC)
             time.sleep(OUTAGE_S)
             during = proxy_count(full.metrics)
@@ -64,7 +64,7 @@ def test_kafka_down_and_back(own_kafka, database, s3, bucket, tmp_path, report):
         full.stop_sinks()
     # Captures of requests made while Kafka was down that reached it once it was back.
     waited = sum(1 for started in stores.started.values() if down < started < up)
-    figures = Figures(f"kafka stopped {OUTAGE_S:.0f} s", load.tally(), count.captured,
+    figures = Figures(f"kafka killed for {OUTAGE_S:.0f} s", load.tally(), count.captured,
                       count.dropped, stores,
                       [f"kafka back after {unreachable:.1f} s",
                        f"outage captures delivered later {waited}",

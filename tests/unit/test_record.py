@@ -14,12 +14,14 @@ from capture import (
     canonical_ip,
     decode,
     decode_body,
+    decode_json,
     encode,
     encode_body,
     format_time,
     parse_time,
     wire_text,
 )
+from tests import factories
 
 
 def make_record(**changes) -> CaptureRecord:
@@ -84,11 +86,12 @@ def test_wire_form_is_plain_json_with_version():
         (lambda o: o.update(response=None), "without a response must say why"),
     ],
 )
-def test_invalid_records_say_why(mutate, reason):
+@pytest.mark.parametrize("decoder", [decode, decode_json])
+def test_invalid_records_say_why(mutate, reason, decoder):
     obj = orjson.loads(encode(make_record()))
     mutate(obj)
     with pytest.raises(InvalidRecord, match=reason.replace("[", r"\[").replace("]", r"\]")):
-        decode(orjson.dumps(obj))
+        decoder(orjson.dumps(obj))
 
 
 def test_unknown_version_is_its_own_error():
@@ -98,10 +101,64 @@ def test_unknown_version_is_its_own_error():
         decode(orjson.dumps(obj))
 
 
+@pytest.mark.parametrize("decoder", [decode, decode_json])
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b"", b'{"v": 1'])
-def test_bytes_that_are_not_a_record_object(data):
+def test_bytes_that_are_not_a_record_object(data, decoder):
     with pytest.raises(InvalidRecord):
-        decode(data)
+        decoder(data)
+
+
+# --- decode_json: the sinks' fast path, the same rules as decode ---------------------------
+
+
+def test_decode_json_gives_the_plain_form_of_what_decode_gives():
+    for record in (make_record(), make_record(response=None, error="Connection refused"),
+                   factories.make(3, mixed=True, big_every=3), factories.make(199, mixed=True)):
+        data = encode(record)
+        assert decode_json(data) == orjson.loads(data)
+        assert decode(data) == record
+
+
+# Values of every JSON type, and of the edges the rules care about.
+ODD_VALUES = [None, True, False, 0, -1, 1.5, -0.5, 99, 1000, 42, "", "x", "utf-8", "base64",
+              "2026-11-28T10:00:00Z", "2026-11-28T10:00:00", "yesterday", [], ["a"], ["a", "b"],
+              [["a", "b"]], [["a"]], [["a", 1]], {}, {"a": 1}]
+
+
+def _paths(obj, prefix=()):
+    """Every (path to a key) in a record's JSON form."""
+    for key, value in obj.items():
+        yield (*prefix, key)
+        if isinstance(value, dict):
+            yield from _paths(value, (*prefix, key))
+
+
+def test_decode_json_accepts_and_refuses_exactly_what_decode_does():
+    """Every field of a record set to every odd value, and removed: both decoders agree on
+    whether the record is valid, and on the reason when it is not."""
+    base = orjson.loads(encode(make_record()))
+    checked = 0
+    for path in list(_paths(base)):
+        for value in [*ODD_VALUES, KeyError]:
+            obj = orjson.loads(encode(make_record()))
+            parent = obj
+            for key in path[:-1]:
+                parent = parent[key]
+            if value is KeyError:
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            data = orjson.dumps(obj)
+            outcomes = []
+            for decoder in (decode, decode_json):
+                try:
+                    decoder(data)
+                    outcomes.append("valid")
+                except InvalidRecord as e:
+                    outcomes.append(str(e))
+            assert outcomes[0] == outcomes[1], (path, value, outcomes)
+            checked += 1
+    assert checked > 500
 
 
 @pytest.mark.parametrize(

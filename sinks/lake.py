@@ -28,7 +28,7 @@ from datetime import UTC
 
 from aiokafka.structs import ConsumerRecord
 
-from capture import InvalidRecord, canonical_ip, decode, parse_time
+from capture import InvalidRecord, canonical_ip, decode_json, parse_time
 from config import EnvReader, SettingsError
 from sinks.loop import Item, Sink
 
@@ -296,8 +296,8 @@ class LakeSink(Sink):
             # Only whitespace between JSON tokens can hold a raw line break, and the proxy
             # writes none; storing it would split one record over two NDJSON lines.
             raise InvalidRecord("a line break in the record: NDJSON holds one record a line")
-        record = decode(value)
-        return key_prefix(record.started_at, record.client_ip), value
+        record = decode_json(value)  # validated as `decode` does, without the dataclasses
+        return key_prefix(record["started_at"], record["client_ip"]), value
 
     async def write(self, items: Sequence[Item]) -> None:
         assert self._fs is not None, "start() first"

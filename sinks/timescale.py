@@ -1,9 +1,13 @@
 """The TimescaleDB sink: one row per capture in `http_requests`, written idempotently.
 
-`row_of` (pure) turns a record into a row; `TimescaleSink` writes batches of rows. The fast
-path is COPY into a temporary staging table and one `INSERT ... SELECT ... ON CONFLICT DO
-NOTHING`, so a record delivered twice is stored once; the INSERT path (multi-row VALUES) is
-for servers without COPY (the WASM TimescaleDB of the tests).
+`row_of_json` (pure) turns a record's bytes into a row; `TimescaleSink` writes batches of rows.
+The fast path is COPY straight into `http_requests` inside a savepoint. A batch holding a row
+that is there already (a re-delivery after a crash or a rebalance) fails that COPY as a whole
+with a unique violation; the batch then goes again through COPY into a temporary staging table
+and one `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, so a record delivered twice is stored
+once. Re-deliveries are rare, so the common batch costs one COPY and no second copy of its
+rows. The INSERT path (multi-row VALUES, ON CONFLICT DO NOTHING) is for servers without COPY
+(the WASM TimescaleDB of the tests).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import sqlalchemy as sa
 from aiokafka.structs import ConsumerRecord
 
 import db
-from capture import InvalidRecord, decode
+from capture import InvalidRecord
 from sinks.loop import Item, PermanentWriteError, Sink
-from sinks.rows import COLUMNS, row_of
+from sinks.rows import COLUMNS, row_of_json
 from sinks.settings import TimescaleSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ class TimescaleSink(Sink):
     def prepare(self, message: ConsumerRecord) -> tuple:
         if not message.value:
             raise InvalidRecord("empty message")
-        return row_of(decode(message.value), self.settings.body_max_bytes)
+        return row_of_json(message.value, self.settings.body_max_bytes)
 
     async def write(self, items: Sequence[Item]) -> None:
         rows = [item.prepared for item in items]
@@ -88,13 +92,30 @@ class TimescaleSink(Sink):
 
 
 def _copy(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
+    cursor.execute("SAVEPOINT tapline_copy")
+    try:
+        _copy_into(cursor, "http_requests", rows)
+    except psycopg.errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT tapline_copy")
+        _copy_staged(cursor, rows)
+    else:
+        cursor.execute("RELEASE SAVEPOINT tapline_copy")
+
+
+def _copy_into(cursor: psycopg.Cursor, table: str, rows: list[tuple]) -> None:
+    with cursor.copy(f"COPY {table} ({_COLUMN_LIST}) FROM STDIN") as copy:
+        write_row = copy.write_row
+        for row in rows:
+            write_row(row)
+
+
+def _copy_staged(cursor: psycopg.Cursor, rows: list[tuple]) -> None:
+    """Rows some of which may be stored already: each one stored once."""
     cursor.execute(
         "CREATE TEMP TABLE IF NOT EXISTS http_requests_stage "
         "(LIKE http_requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    with cursor.copy(f"COPY http_requests_stage ({_COLUMN_LIST}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    _copy_into(cursor, "http_requests_stage", rows)
     cursor.execute(
         f"INSERT INTO http_requests ({_COLUMN_LIST}) "
         f"SELECT {_COLUMN_LIST} FROM http_requests_stage ON CONFLICT DO NOTHING"

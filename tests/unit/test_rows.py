@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from capture import decode_body
-from sinks.rows import COLUMNS, cut_body, jsonb, merged_params, row_of
+from capture import InvalidRecord, decode, decode_body, encode
+from sinks.rows import COLUMNS, cut_body, jsonb, merged_params, row_of, row_of_json
+from tests import factories
 from tests.unit.test_record import make_record
 
 
@@ -95,3 +96,60 @@ def test_nul_never_reaches_text_or_jsonb_columns():
             assert "\x00" not in value and "\\u0000" not in value
     assert as_dict(row)["app"] == "app\ufffdx"
     assert jsonb(["a\x00"]) == '["a\\ufffd"]'
+
+
+# --- row_of_json: the sink's path, straight from the bytes -----------------------------------
+
+
+def _records():
+    yield make_record()
+    yield make_record(response=None, error="Connection refused")
+    yield make_record(client_ip="unknown")
+    nul = make_record(app="app\x00x")
+    nul.request.headers.append(["X-Nul", "a\x00b"])
+    nul.request.body = "a\x00b"
+    yield nul
+    cased = make_record()
+    cased.request.headers[:0] = [["AUTHORIZATION", "hmac:1234"], ["user-AGENT", "curl/8"],
+                                 ["User-Agent", "second"], ["Authorization", "hmac:second"]]
+    yield cased
+    binary = make_record()
+    binary.response.body, binary.response.body_encoding = "////" * 300, "base64"
+    yield binary
+    yield make_record(client_ip="::ffff:10.1.2.3", duration_ms=3)
+
+
+@pytest.mark.parametrize("limit", [0, 100, 64 * 1024])
+def test_row_of_json_is_row_of_the_decoded_record(limit):
+    values = [encode(record) for record in _records()]
+    values += [value for _key, value in factories.realistic(400)]
+    values += [value for _key, value in factories.encoded(100, big_every=7)]
+    for value in values:
+        assert row_of_json(value, limit) == row_of(decode(value), limit)
+
+
+def test_row_of_json_keeps_the_first_user_agent_and_fingerprint():
+    cased = make_record()
+    cased.request.headers[:0] = [["AUTHORIZATION", "hmac:1234"], ["user-AGENT", "curl/8"],
+                                 ["User-Agent", "second"]]
+    row = as_dict(row_of_json(encode(cased), 1024))
+    assert (row["user_agent"], row["principal"]) == ("curl/8", "hmac:1234")
+
+
+@pytest.mark.parametrize("params", [
+    {"query": 5}, {"query": [["a"]]}, {"form": [[1, "x"]]}, {"json": [[["a"], 1]]},
+])
+def test_malformed_params_are_an_invalid_record(params):
+    record = make_record()
+    record.request.params = params
+    with pytest.raises(InvalidRecord, match=r"request\.params"):
+        row_of_json(encode(record), 1024)
+    with pytest.raises(InvalidRecord, match=r"request\.params"):
+        row_of(record, 1024)
+
+
+def test_row_of_json_refuses_what_decode_refuses():
+    obj = orjson.loads(encode(make_record()))
+    obj["response"]["status_code"] = 42
+    with pytest.raises(InvalidRecord, match="status code 42"):
+        row_of_json(orjson.dumps(obj), 1024)

@@ -10,6 +10,12 @@ idempotently. Failure policy, in order:
   retried with backoff and the offsets do not move; the sink never skips data to stay alive;
 - on SIGTERM/SIGINT the pending batch gets one try to finish; if it cannot, it is abandoned
   uncommitted and re-read on the next start.
+
+One batch is written at a time, in the background: while it is written (and committed), the
+loop goes on fetching and preparing the next one, up to one batch ahead, so decoding and the
+store's work overlap. Batches stay in offset order: the next write starts only after the last
+one is committed. When a write fails for good (the process is stopping), nothing after it is
+written or committed: what was prepared behind it is re-read on the next start.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from sinks.settings import LoopSettings
 from topics import ensure_topic, message_limit
 
 log = logging.getLogger(__name__)
+
+WRITING_POLL_MS = 10  # how long a fetch may wait while a batch is being written
 
 
 class PermanentWriteError(Exception):
@@ -97,6 +105,11 @@ class ConsumerLoop:
         self._producer: AIOKafkaProducer | None = None
         self._summary = {"batches": 0, "written": 0, "dead_lettered": 0}
         self._last_summary = time.monotonic()
+        self._writing: asyncio.Task | None = None  # the batch being written, at most one
+        # Partitions whose write failed for good: nothing more is written or committed for
+        # them, so no commit can pass over their lost batch; they are re-read from the last
+        # commit, after a restart or by their next owner.
+        self._broken: set[TopicPartition] = set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -111,18 +124,43 @@ class ConsumerLoop:
         log.info("%s sink consuming %s as group %s", self.sink.name, s.topic, s.group_id)
         try:
             while not self.stopping.is_set():
+                if self._writing is not None and self._pending_records() >= s.batch_max_records:
+                    await self._finish_write()  # a batch ahead is enough: wait for the store
+                writing = self._writing is not None and not self._writing.done()
                 batches = await consumer.getmany(
-                    timeout_ms=s.poll_timeout_ms, max_records=s.batch_max_records
+                    # While a write runs, come back soon to start the next one when it ends.
+                    timeout_ms=min(s.poll_timeout_ms, WRITING_POLL_MS) if writing
+                    else s.poll_timeout_ms,
+                    max_records=s.batch_max_records,
                 )
                 for tp, messages in batches.items():
                     self._add(tp, messages)
-                await self._flush(self._due())
+                if self._writing is not None and self._writing.done():
+                    await self._finish_write()
+                if self._writing is None:
+                    due = self._due()
+                    if due:
+                        self._writing = asyncio.create_task(self._flush(due))
                 self._log_summary()
+            await self._finish_write()
             # One try to finish what is pending; what fails is re-read on the next start.
             with contextlib.suppress(Stopping):
                 await self._flush(list(self._pending), final=True)
         finally:
+            if self._writing is not None and not self._writing.done():
+                self._writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._writing
             await self._shutdown()
+
+    async def _finish_write(self) -> None:
+        """Wait for the batch being written; its error, if any, ends the loop."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing  # raises what the write raised
+
+    def _pending_records(self) -> int:
+        return sum(len(p.items) + len(p.dead) for p in self._pending.values())
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -188,32 +226,40 @@ class ConsumerLoop:
     async def _flush(self, partitions: list[TopicPartition], *, final: bool = False) -> None:
         """Write, dead-letter and commit the pending batches of these partitions."""
         async with self._lock:
-            taken = {tp: self._pending.pop(tp) for tp in partitions if self._pending.get(tp)}
+            taken = {tp: self._pending.pop(tp) for tp in partitions
+                     if self._pending.get(tp) and tp not in self._broken}
             if not taken:
                 return
-            started = time.monotonic()
-            items = [item for p in taken.values() for item in p.items]
-            dead = [d for p in taken.values() for d in p.dead]
             try:
-                refused = await self._write(items, final=final) if items else []
-                dead += refused
-                if dead:
-                    await self._with_retry("send dead letters", self._send_dead, dead,
-                                           final=final)
-            except Stopping:
-                log.warning("abandoning a batch of %d records uncommitted", len(items))
+                await self._flush_taken(taken, final=final)
+            except BaseException:
+                self._broken.update(taken)
                 raise
-            await self._commit({tp: p.last_offset + 1 for tp, p in taken.items()})
-            written = len(items) - len(refused)
-            self.metrics.written.inc(written)
-            self.metrics.dead_lettered.inc(len(dead))
-            self.metrics.batch_seconds.observe(time.monotonic() - started)
-            self._summary["batches"] += 1
-            self._summary["dead_lettered"] += len(dead)
-            self._summary["written"] += written
-            log.debug("%s: wrote %d records, %d dead letters, in %.3f s", self.sink.name,
-                      written, len(dead), time.monotonic() - started)
-            self._update_lag(taken)
+
+    async def _flush_taken(self, taken: dict[TopicPartition, _Pending], *, final: bool) -> None:
+        started = time.monotonic()
+        items = [item for p in taken.values() for item in p.items]
+        dead = [d for p in taken.values() for d in p.dead]
+        try:
+            refused = await self._write(items, final=final) if items else []
+            dead += refused
+            if dead:
+                await self._with_retry("send dead letters", self._send_dead, dead,
+                                       final=final)
+        except Stopping:
+            log.warning("abandoning a batch of %d records uncommitted", len(items))
+            raise
+        await self._commit({tp: p.last_offset + 1 for tp, p in taken.items()})
+        written = len(items) - len(refused)
+        self.metrics.written.inc(written)
+        self.metrics.dead_lettered.inc(len(dead))
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        self._summary["batches"] += 1
+        self._summary["dead_lettered"] += len(dead)
+        self._summary["written"] += written
+        log.debug("%s: wrote %d records, %d dead letters, in %.3f s", self.sink.name,
+                  written, len(dead), time.monotonic() - started)
+        self._update_lag(taken)
 
     async def _write(self, items: list[Item], *, final: bool) -> list[tuple[ConsumerRecord, str]]:
         """Write items; split a refused batch to find the records the store refuses."""
@@ -302,6 +348,7 @@ class ConsumerLoop:
             await self._flush([tp for tp in revoked if tp in self._pending], final=True)
         for tp in revoked:
             self._pending.pop(tp, None)  # not written: the new owner reads them again
+            self._broken.discard(tp)  # and if it comes back here, it is re-read from its commit
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -12,10 +12,11 @@ idempotently. Failure policy, in order:
   uncommitted and re-read on the next start.
 
 One batch is written at a time, in the background: while it is written (and committed), the
-loop goes on fetching and preparing the next one, up to one batch ahead, so decoding and the
-store's work overlap. Batches stay in offset order: the next write starts only after the last
-one is committed. When a write fails for good (the process is stopping), nothing after it is
-written or committed: what was prepared behind it is re-read on the next start.
+loop goes on fetching and preparing the next one until the partitions that are due hold a
+whole batch, so decoding and the store's work overlap. Batches stay in offset order: the next
+write starts only after the last one is committed. When a write fails for good (the process
+is stopping), nothing after it is written or committed: what was prepared behind it is
+re-read on the next start.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class ConsumerLoop:
         log.info("%s sink consuming %s as group %s", self.sink.name, s.topic, s.group_id)
         try:
             while not self.stopping.is_set():
-                if self._writing is not None and self._pending_records() >= s.batch_max_records:
+                if self._writing is not None and self._next_batch_ready():
                     await self._finish_write()  # a batch ahead is enough: wait for the store
                 writing = self._writing is not None and not self._writing.done()
                 batches = await consumer.getmany(

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from capture import InvalidRecord
 from sinks.metrics import SinkMetrics
 from sinks.settings import LoopSettings
-from topics import ensure_topic, message_limit
+from topics import ensure_topic, message_limit, record_cap, topic_message_limit
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,15 @@ class ConsumerLoop:
 
     async def _connect(self) -> None:
         s = self.settings
+        # The dead-letter topic takes any message the topic holds, even one over our own cap
+        # (a producer with a larger cap wrote it): dead-lettered, not retried forever.
+        limit = await topic_message_limit(s.kafka_bootstrap_servers, s.topic)
+        dlq_cap = max(s.max_record_bytes, record_cap(limit) if limit else 0)
         await ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, partitions=1,
-                           max_record_bytes=s.max_record_bytes)
+                           max_record_bytes=dlq_cap)
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
-            max_request_size=message_limit(s.max_record_bytes) + 4096,
+            max_request_size=message_limit(dlq_cap) + 4096,
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -207,11 +211,16 @@ class ConsumerLoop:
             pending.since = time.monotonic()
         for message in messages:
             self.metrics.consumed.inc()
-            try:
-                pending.items.append(Item(message, self.sink.prepare(message)))
-            except InvalidRecord as e:
-                pending.dead.append((message, f"invalid record: {e}"))
-            pending.nbytes += len(message.value or b"")
+            size, cap = len(message.value or b""), self.settings.max_record_bytes
+            if size > cap:
+                pending.dead.append(
+                    (message, f"oversized: {size} bytes, over CAPTURE_MAX_RECORD_BYTES ({cap})"))
+            else:
+                try:
+                    pending.items.append(Item(message, self.sink.prepare(message)))
+                except InvalidRecord as e:
+                    pending.dead.append((message, f"invalid record: {e}"))
+            pending.nbytes += size
             pending.last_offset = message.offset
 
     def _due(self) -> list[TopicPartition]:

@@ -83,6 +83,9 @@ class TimescaleSink(Sink):
                     else:
                         _insert(cursor, rows)
         except (psycopg.DataError, psycopg.IntegrityError,
+                # A row PostgreSQL can never take: an index entry over its size limit (a long
+                # URL), a value too large for a field. Retrying would wedge the sink.
+                psycopg.errors.ProgramLimitExceeded,
                 sa.exc.DataError, sa.exc.IntegrityError) as e:
             raise PermanentWriteError(str(e).splitlines()[0]) from e
         except Exception:

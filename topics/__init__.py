@@ -6,7 +6,7 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,20 @@ async def ensure_topic(
         except TopicAlreadyExistsError:
             pass
         return await _max_message_bytes(admin, topic)
+    finally:
+        await admin.close()
+
+
+async def topic_message_limit(bootstrap_servers: str, topic: str) -> int | None:
+    """The topic's max.message.bytes; None when the topic does not exist or Kafka does not say."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+    await admin.start()
+    try:
+        return await _max_message_bytes(admin, topic)
+    except KafkaError:
+        return None
     finally:
         await admin.close()
 

@@ -207,10 +207,6 @@ def test_poison_records_go_to_the_dead_letter_topic(kafka, s3, bucket, tmp_path)
     assert sum(len(lake.objects[key]) for key in unknown) == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the sink retries these forever instead of dead-lettering them: sinks/loop.py must "
-    "dead-letter a message over CAPTURE_MAX_RECORD_BYTES (and size the dead-letter topic "
-    "and producer to hold it)"))
 def test_oversized_records_go_to_the_dead_letter_topic(kafka, s3, bucket, tmp_path):
     topic = f"lake-oversized-{uuid.uuid4().hex[:8]}"
     good = factories.encoded(12, clients=3)

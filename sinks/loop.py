@@ -160,8 +160,13 @@ class ConsumerLoop:
         if writing is not None:
             await writing  # raises what the write raised
 
-    def _pending_records(self) -> int:
-        return sum(len(p.items) + len(p.dead) for p in self._pending.values())
+    def _next_batch_ready(self) -> bool:
+        """Whether the partitions that are due hold a whole batch: fetching more now would
+        only make the next batch bigger than the settings say."""
+        s = self.settings
+        due = [self._pending[tp] for tp in self._due()]
+        return (sum(len(p.items) + len(p.dead) for p in due) >= s.batch_max_records
+                or any(p.nbytes >= s.batch_max_bytes for p in due))
 
     # --- connecting ------------------------------------------------------------------------
 

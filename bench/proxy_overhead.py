@@ -279,7 +279,7 @@ def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requ
     rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for round_ in range(rounds):
         for concurrency in concurrencies:
-            for name in (BARE, CAPTURE):
+            for name in (BARE, CAPTURE) if round_ % 2 == 0 else (CAPTURE, BARE):
                 target = targets[name]
                 load = Load(concurrency, True)
                 before = cpu_seconds(target.pid)
@@ -294,17 +294,19 @@ def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requ
                      f"{result.rps:6.0f} req/s  {used / result.complete * 1e6:6.0f} µs CPU/req")
     table = Table(title="Proxy CPU per request, GET small, keep-alive (medians)", box=style)
     for column in ("concurrency", "configuration", "req/s", "proxy CPU µs/req",
-                   "capture - bare µs/req", "Kafka broker CPU µs/req"):
+                   "capture - bare µs/req", "each round", "Kafka broker CPU µs/req"):
         table.add_column(column, justify="right")
     for concurrency in concurrencies:
-        bare_us = median([r[1] for r in rows[(BARE, concurrency)]])
+        bare = [r[1] for r in rows[(BARE, concurrency)]]
         for name in (BARE, CAPTURE):
             runs = rows[(name, concurrency)]
-            us = median([r[1] for r in runs])
+            # Paired by round, as in the overhead table: the two runs of a round are adjacent.
+            deltas = [r[1] - b for r, b in zip(runs, bare, strict=True)]
             table.add_row(
                 str(concurrency) if name == BARE else "", name,
-                f"{median([r[0] for r in runs]):.0f}", f"{us:.0f}",
-                f"{us - bare_us:+.0f}" if name == CAPTURE else "",
+                f"{median([r[0] for r in runs]):.0f}", f"{median([r[1] for r in runs]):.0f}",
+                f"{median(deltas):+.0f}" if name == CAPTURE else "",
+                ", ".join(f"{d:+.0f}" for d in deltas) if name == CAPTURE else "",
                 f"{median([r[2] for r in runs]):.0f}" if name == CAPTURE and broker_pid else "",
                 end_section=name == CAPTURE,
             )
@@ -324,8 +326,8 @@ def scaling(rig: Rig, first: Target, concurrencies: list[int], rounds: int, requ
     for round_ in range(rounds):
         for concurrency in concurrencies:
             load = Load(concurrency, True)
-            one = run(first, load, requests)
-            rows.setdefault((1, concurrency), []).append((one.rps, one.p50_ms, one.p99_ms))
+            if round_ % 2 == 0:  # one process first in even rounds, second in odd ones
+                one = run(first, load, requests)
             half = Load(max(1, concurrency // 2), True)
             halves: list[AbResult] = []
 
@@ -339,6 +341,9 @@ def scaling(rig: Rig, first: Target, concurrencies: list[int], rounds: int, requ
                 thread.join()
             if len(halves) != 2:
                 raise BenchError("an ab of the two-process run failed; see above")
+            if round_ % 2 == 1:
+                one = run(first, load, requests)
+            rows.setdefault((1, concurrency), []).append((one.rps, one.p50_ms, one.p99_ms))
             # Both ab's start together; the pair's rate is all requests over the longer run.
             combined = sum(r.complete for r in halves) / max(r.seconds for r in halves)
             rows.setdefault((2, concurrency), []).append(
@@ -404,7 +409,7 @@ def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple
             table.add_row(name, load.label, str(result.complete), f"{result.rps:.0f}",
                           f"{start_kb / 1024:.0f}", f"{max([*samples, end_kb]) / 1024:.0f}",
                           f"{end_kb / 1024:.0f}", f"{queued / 2**20:.1f}", f"{dropped:.0f}")
-            checked.append(account(rig, target, kafka_up=bootstrap is None))
+            checked.append(account(target, kafka_up=bootstrap is None))
             rig.stop(target)
     return table, checked
 
@@ -423,7 +428,7 @@ class Account:
     problem: str = ""
 
 
-def account(rig: Rig, target: Target, *, kafka_up: bool) -> Account:
+def account(target: Target, *, kafka_up: bool) -> Account:
     """Every exchange ab completed was captured; every capture was produced or counted as
     dropped, by reason (Kafka up), or is dropped or still queued (Kafka down)."""
     def read() -> Account:
@@ -439,23 +444,25 @@ def account(rig: Rig, target: Target, *, kafka_up: bool) -> Account:
             + sample(samples, "tapline_proxy_in_flight_records"),
         )
 
-    if kafka_up:
-        # Let the producer catch up: everything queued gets acknowledged or dropped.
-        with contextlib.suppress(BenchError):
-            wait_for(lambda: (a := read()).produced + sum(a.dropped.values()) >= a.captured,
-                     60, f"{target.name} to produce its backlog")
+    def settled(a: Account) -> bool:
+        if kafka_up:  # the producer has caught up: all acknowledged or dropped
+            return a.produced + sum(a.dropped.values()) == a.captured
+        return sum(a.dropped.values()) + a.queued == a.captured
+
+    # Exchanges ab gave up on may still be finishing, and the producer catching up: the
+    # counts get a minute to settle before they are judged.
+    with contextlib.suppress(BenchError):
+        wait_for(lambda: settled(read()), 60, f"{target.name}'s counts to settle")
     result = read()
     problems = []
     if not result.sent <= result.captured <= result.sent + target.slack:
         problems.append(f"{result.sent} exchanges sent (and {target.slack} failed or cut "
                         f"short) but {result.captured:.0f} captured")
-    if kafka_up and result.produced + sum(result.dropped.values()) != result.captured:
-        problems.append(f"{result.captured:.0f} captured, but {result.produced:.0f} produced "
-                        f"and dropped {result.dropped}")
-    if not kafka_up and (result.produced or
-                         sum(result.dropped.values()) + result.queued != result.captured):
-        problems.append(f"Kafka down, yet {result.produced:.0f} produced, or dropped "
-                        f"{result.dropped} + queued {result.queued:.0f} != captured")
+    if not settled(result):
+        problems.append(f"{result.captured:.0f} captured, but {result.produced:.0f} produced, "
+                        f"dropped {result.dropped} and {result.queued:.0f} queued")
+    if not kafka_up and result.produced:
+        problems.append(f"Kafka down, yet {result.produced:.0f} produced")
     result.problem = "; ".join(problems)
     return result
 
@@ -576,8 +583,8 @@ def main() -> int:
                                    args.rounds, args.requests, style)
             console.print(table)
             console.print(f"load average: {load_average()}")
-        accounts += [account(rig, t, kafka_up=True) for t in [targets[CAPTURE], *extra]]
-        accounts.append(account(rig, targets[KAFKA_DOWN], kafka_up=False))
+        accounts += [account(t, kafka_up=True) for t in [targets[CAPTURE], *extra]]
+        accounts.append(account(targets[KAFKA_DOWN], kafka_up=False))
         if "memory" in args.only:
             table, checked = memory(rig, memory_loads, args.sustain, style)
             console.print(table)

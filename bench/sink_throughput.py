@@ -45,6 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
 from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env  # noqa: E402
+from stack.s3 import create_bucket  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.support import fresh_database, produce, sample, scrape  # noqa: E402
 
@@ -312,10 +313,10 @@ def print_profile(stats: pstats.Stats, sink, elapsed: float, records: int,
 
 
 def count_objects(env: dict[str, str], topic: str) -> int:
-    from sinks.lake import LakeSettings
+    from sinks.lake import SUFFIX, LakeSettings
 
     fs = LakeSettings.from_env(env).filesystem(asynchronous=False)
-    return sum(1 for key in fs.find(env["S3_BUCKET"]) if f"/{topic}-" in key)
+    return sum(1 for key in fs.find(env["S3_BUCKET"]) if key.endswith(SUFFIX))
 
 
 def run_one(args, records: int, batch: int, env: dict[str, str], bootstrap: str,
@@ -327,6 +328,9 @@ def run_one(args, records: int, batch: int, env: dict[str, str], bootstrap: str,
         run_env["DATABASE_URL"] = fresh_database(postgres_dsn)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     run_env["CAPTURE_TOPIC"] = topic
+    if args.sink == "lake":  # a bucket per run: counting its objects lists only this run's
+        run_env["S3_BUCKET"] = topic
+        create_bucket(run_env["S3_ENDPOINT_URL"], topic)
     run_env["SINK_GROUP_ID"] = f"bench-{uuid.uuid4().hex[:8]}"
     fill(bootstrap, topic, records, args.clients)
     ends = asyncio.run(end_offsets(bootstrap, topic))
@@ -380,9 +384,11 @@ def main() -> int:
                         help="2,000 records from 20 clients, once, as CI does")
     args = parser.parse_args()
     sizes = args.records if args.sizes is None else (args.sizes or list(SIZES))
+    extra = dict(item.split("=", 1) for item in args.set)
     if args.quick:
         sizes, args.clients = [2000], 20
-    extra = dict(item.split("=", 1) for item in args.set)
+        if args.sink == "lake":  # do not wait the lake's 5 s for a batch to fill
+            extra.setdefault("SINK_BATCH_MAX_AGE_MS", "1000")
 
     with tempfile.TemporaryDirectory(prefix="tapline-bench-") as tmp:
         workdir = Path(tmp)

@@ -16,7 +16,8 @@ counted). Sections:
   cost      proxy CPU time per request (utime + stime from /proc) at 3 concurrencies.
   scaling   2 capture proxies on 2 ports (mitmproxy does not share a port between
             processes), one ab each, against 1 proxy with the same total concurrency.
-  memory    fresh proxies under a sustained load, VmRSS sampled every second.
+  memory    fresh proxies (bare, capture with Kafka up, with Kafka down) under a sustained
+            load, VmRSS sampled every second.
 
 Every capture proxy's counts are checked at the end: each exchange ab completed was captured,
 and each capture is on the topic or counted as dropped, by reason (a capture the producer
@@ -56,6 +57,7 @@ from bench.common import (
     ab,
     cpu_seconds,
     load_average,
+    machine_busy,
     median,
     memory_kb,
     wait_for,
@@ -316,44 +318,69 @@ def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requ
 # --- section: scaling out -----------------------------------------------------------------------
 
 
-def scaling(rig: Rig, first: Target, concurrencies: list[int], rounds: int, requests: int,
-            style: box.Box) -> tuple[Table, list[Target]]:
-    second = rig.proxy(f"{CAPTURE} #2", capture=True)
-    rig.ready(second)
+def with_usage(pids: list[int], action):
+    """Run `action()`; also return how busy the machine's CPUs were meanwhile (per cent of
+    all of them) and how much CPU the processes `pids` used (per cent of one core, summed)."""
+    busy_before, total_before = machine_busy()
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    began = time.monotonic()
+    result = action()
+    wall = time.monotonic() - began
+    busy_after, total_after = machine_busy()
+    used = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    busy = (busy_after - busy_before) / max(1, total_after - total_before) * 100
+    return result, busy, used / wall * 100
+
+
+def scaling(first: Target, second: Target, concurrencies: list[int], rounds: int,
+            requests: int, style: box.Box) -> Table:
     wait_connected(second)
     warm_up([second], [Load(4, True)])
-    rows: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
-    for round_ in range(rounds):
-        for concurrency in concurrencies:
-            load = Load(concurrency, True)
-            if round_ % 2 == 0:  # one process first in even rounds, second in odd ones
-                one = run(first, load, requests)
-            half = Load(max(1, concurrency // 2), True)
-            halves: list[AbResult] = []
+    # per run: req/s, p50, p99, machine CPU busy %, the proxies' CPU in % of one core
+    rows: dict[tuple[int, int], list[tuple[float, ...]]] = {}
 
-            def one_ab(target: Target, load: Load = half, done: list = halves) -> None:
-                done.append(run(target, load, requests // 2))
+    def one_process(load: Load) -> tuple[float, ...]:
+        result, busy, proxies = with_usage([first.pid], lambda: run(first, load, requests))
+        return result.rps, result.p50_ms, result.p99_ms, busy, proxies
 
+    def two_processes(load: Load) -> tuple[float, ...]:
+        half = Load(max(1, load.concurrency // 2), True)
+        halves: list[AbResult] = []
+
+        def one_ab(target: Target) -> None:
+            halves.append(run(target, half, requests // 2))
+
+        def both() -> None:
             threads = [threading.Thread(target=one_ab, args=(t,)) for t in (first, second)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            if len(halves) != 2:
-                raise BenchError("an ab of the two-process run failed; see above")
-            if round_ % 2 == 1:
-                one = run(first, load, requests)
-            rows.setdefault((1, concurrency), []).append((one.rps, one.p50_ms, one.p99_ms))
-            # Both ab's start together; the pair's rate is all requests over the longer run.
-            combined = sum(r.complete for r in halves) / max(r.seconds for r in halves)
-            rows.setdefault((2, concurrency), []).append(
-                (combined, max(r.p50_ms for r in halves), max(r.p99_ms for r in halves)))
-            note(f"scaling round {round_ + 1}/{rounds}  c={concurrency:<3} 1 process "
-                 f"{one.rps:6.0f} req/s, 2 processes {combined:6.0f} req/s")
+
+        _, busy, proxies = with_usage([first.pid, second.pid], both)
+        if len(halves) != 2:
+            raise BenchError("an ab of the two-process run failed; see above")
+        # Both ab's start together; the pair's rate is all requests over the longer run.
+        combined = sum(r.complete for r in halves) / max(r.seconds for r in halves)
+        return (combined, max(r.p50_ms for r in halves), max(r.p99_ms for r in halves), busy,
+                proxies)
+
+    for round_ in range(rounds):
+        for concurrency in concurrencies:
+            load = Load(concurrency, True)
+            # Which goes first alternates from round to round.
+            order = (1, 2) if round_ % 2 == 0 else (2, 1)
+            for processes in order:
+                row = (one_process if processes == 1 else two_processes)(load)
+                rows.setdefault((processes, concurrency), []).append(row)
+                note(f"scaling round {round_ + 1}/{rounds}  c={concurrency:<3} {processes} "
+                     f"process(es) {row[0]:6.0f} req/s  machine CPU busy {row[3]:3.0f}%  "
+                     f"proxies' CPU {row[4]:3.0f}% of a core")
     table = Table(title="Capture proxies (Kafka up) side by side: GET small, keep-alive "
                   "(medians)", box=style)
     for column in ("total concurrency", "processes", "req/s (sum)", "vs 1 process",
-                   "p50 ms (worse)", "p99 ms (worse)"):
+                   "p50 ms (worse)", "p99 ms (worse)", "machine CPU busy",
+                   "proxies' CPU, % of a core"):
         table.add_column(column, justify="right")
     for concurrency in concurrencies:
         base = median([r[0] for r in rows[(1, concurrency)]])
@@ -363,27 +390,36 @@ def scaling(rig: Rig, first: Target, concurrencies: list[int], rounds: int, requ
             table.add_row(str(concurrency) if processes == 1 else "", str(processes),
                           f"{rps:.0f}", f"{rps / base:.2f}",
                           f"{median([r[1] for r in runs]):.2f}",
-                          f"{median([r[2] for r in runs]):.2f}", end_section=processes == 2)
-    return table, [second]
+                          f"{median([r[2] for r in runs]):.2f}",
+                          f"{median([r[3] for r in runs]):.0f}%",
+                          f"{median([r[4] for r in runs]):.0f}%", end_section=processes == 2)
+    return table
 
 
 # --- section: memory ------------------------------------------------------------------------------
 
 
 def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple[Table, list]:
-    table = Table(title=f"Proxy memory (VmRSS) under {seconds:.0f} s of sustained load, "
+    """RSS of fresh proxies under `seconds` of load: bare mitmdump for comparison, the
+    capture proxy with Kafka up, and with Kafka down (its queue fills up to its bound)."""
+    table = Table(title=f"Proxy memory (VmRSS, MB) under {seconds:.0f} s of sustained load, "
                   "fresh processes", box=style)
-    for column in ("configuration", "load", "requests", "req/s", "RSS start MB",
-                   "RSS peak MB", "RSS end MB", "queued MB at end", "dropped"):
+    for column in ("configuration", "load", "requests", "req/s", "RSS start", "at 1/4",
+                   "at 1/2", "at 3/4", "end", "peak", "queued MB at end", "dropped"):
         table.add_column(column, justify="left" if column in ("configuration", "load")
                          else "right")
     checked = []
-    for name, bootstrap in ((CAPTURE, None), (KAFKA_DOWN, closed_address())):
-        for load in loads:
-            target = rig.proxy(name, capture=True, bootstrap=bootstrap)
-            rig.ready(target)
-            if bootstrap is None:
-                wait_connected(target)
+    plan = [(name, capture, bootstrap, load)
+            for name, capture, bootstrap in ((BARE, False, None), (CAPTURE, True, None),
+                                             (KAFKA_DOWN, True, closed_address()))
+            for load in loads]
+    # All start at once (an idle proxy costs next to nothing), each is measured alone.
+    fresh = [rig.proxy(name, capture=capture, bootstrap=bootstrap)
+             for name, capture, bootstrap, _ in plan]
+    rig.ready(*fresh)
+    for (name, capture, bootstrap, load), target in zip(plan, fresh, strict=True):
+        if name == CAPTURE:
+            wait_connected(target)
             samples: list[int] = []
             stop = threading.Event()
 
@@ -401,15 +437,20 @@ def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple
                 stop.set()
                 sampler.join()
             end_kb = memory_kb(target.pid)
-            queued = metric(target, "tapline_proxy_queue_bytes")
-            dropped = metric(target, "tapline_proxy_dropped_total", reason="queue_full")
-            note(f"memory  {name:<20} {load.label:<32} {result.rps:6.0f} req/s  "
-                 f"RSS {start_kb / 1024:.0f} -> peak {max(samples) / 1024:.0f} -> "
-                 f"{end_kb / 1024:.0f} MB")
+            samples.append(end_kb)
+            queued = dropped = None
+            if capture:
+                queued = metric(target, "tapline_proxy_queue_bytes")
+                dropped = metric(target, "tapline_proxy_dropped_total", reason="queue_full")
+                checked.append(account(target, kafka_up=bootstrap is None))
+            quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3)]
+            note(f"memory  {name:<20} {load.label:<32} {result.rps:6.0f} req/s  RSS MB "
+                 f"{' -> '.join(f'{kb / 1024:.0f}' for kb in [start_kb, *quarters, end_kb])}")
             table.add_row(name, load.label, str(result.complete), f"{result.rps:.0f}",
-                          f"{start_kb / 1024:.0f}", f"{max([*samples, end_kb]) / 1024:.0f}",
-                          f"{end_kb / 1024:.0f}", f"{queued / 2**20:.1f}", f"{dropped:.0f}")
-            checked.append(account(target, kafka_up=bootstrap is None))
+                          *(f"{kb / 1024:.0f}" for kb in [start_kb, *quarters, end_kb]),
+                          f"{max(samples) / 1024:.0f}",
+                          "" if queued is None else f"{queued / 2**20:.1f}",
+                          "" if dropped is None else f"{dropped:.0f}")
             rig.stop(target)
     return table, checked
 
@@ -533,7 +574,7 @@ def main() -> int:
              for c in args.concurrency]
     memory_loads = [Load(64, True), Load(64, True, upload)]
     if args.quick:
-        args.rounds, args.requests, args.sustain = 1, 100, 2.0
+        args.rounds, args.requests, args.sustain = 1, 200, 2.0
         args.cost_concurrency, args.scaling_concurrency = [4, 16, 64], [8]
         loads, memory_loads = [Load(4, True)], [Load(4, True)]
     style = box.MARKDOWN if args.markdown else box.SIMPLE_HEAD
@@ -557,7 +598,8 @@ def main() -> int:
             rig.ready(*targets.values())
             kafka_started.result()
         targets[CAPTURE] = rig.proxy(CAPTURE, capture=True)
-        rig.ready(targets[CAPTURE])
+        second = rig.proxy(f"{CAPTURE} #2", capture=True) if "scaling" in args.only else None
+        rig.ready(*(t for t in (targets[CAPTURE], second) if t))
         broker = getattr(kafka, "_proc", None)  # only a broker we launched has a pid here
         broker_pid = broker.pid if broker is not None else None
         wait_connected(targets[CAPTURE])
@@ -577,13 +619,11 @@ def main() -> int:
             console.print(cost(targets, args.cost_concurrency, args.rounds, args.requests,
                                broker_pid, style))
             console.print(f"load average: {load_average()}")
-        extra: list[Target] = []
-        if "scaling" in args.only:
-            table, extra = scaling(rig, targets[CAPTURE], args.scaling_concurrency,
-                                   args.rounds, args.requests, style)
-            console.print(table)
+        if second is not None:
+            console.print(scaling(targets[CAPTURE], second, args.scaling_concurrency,
+                                  args.rounds, args.requests, style))
             console.print(f"load average: {load_average()}")
-        accounts += [account(t, kafka_up=True) for t in [targets[CAPTURE], *extra]]
+        accounts += [account(t, kafka_up=True) for t in (targets[CAPTURE], second) if t]
         accounts.append(account(targets[KAFKA_DOWN], kafka_up=False))
         if "memory" in args.only:
             table, checked = memory(rig, memory_loads, args.sustain, style)

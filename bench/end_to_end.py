@@ -221,10 +221,14 @@ def poll_database(url: str, sightings: Sightings, stop: threading.Event) -> None
         while not stop.is_set():
             pending = sightings.pending(sightings.in_db)
             if pending:
-                rows = conn.execute(
-                    "SELECT query FROM http_requests WHERE query = ANY(%s)",
-                    [[f"e2e={marker}" for marker in pending]],
-                ).fetchall()
+                try:
+                    rows = conn.execute(
+                        "SELECT query FROM http_requests WHERE query = ANY(%s)",
+                        [[f"e2e={marker}" for marker in pending]],
+                    ).fetchall()
+                except psycopg.errors.UndefinedTable:  # the sink has not migrated yet
+                    stop.wait(0.2)
+                    continue
                 seen = time.monotonic()
                 for (query,) in rows:
                     sightings.in_db.setdefault(query.removeprefix("e2e="), seen)

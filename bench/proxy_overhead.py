@@ -606,9 +606,10 @@ def main() -> int:
         note(f"Kafka and {len(targets)} processes ready in {time.monotonic() - began:.0f} s")
         warm_up(list(targets.values()), loads)
         note(f"warmed up in {time.monotonic() - began:.0f} s")
-        console.print(f"load average before: {load_average()} (1, 5, 15 min); "
-                      f"{len(loads)} loads x {len(CONFIGS)} configurations x {args.rounds} "
-                      f"rounds of {args.requests} requests")
+        console.print(f"load average before: {load_average()} (1, 5, 15 min); sections: "
+                      f"{', '.join(args.only)}; {args.rounds} rounds of {args.requests} "
+                      f"requests per ab run" + (f"; {args.sustain:g} s of sustained load"
+                                                if "memory" in args.only else ""))
         accounts: list[Account] = []
         started = time.monotonic()
         if "overhead" in args.only:

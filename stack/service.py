@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import random
 import signal
@@ -59,14 +60,24 @@ def free_ports(count: int) -> list[int]:
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         while len(ports) < count:
+            port = _random.randint(low, high)
+            if port in _handed_out:  # given to a caller who may not have bound it yet
+                continue
             sock = stack.enter_context(socket.socket())
-            port = random.randint(low, high)
             try:
                 sock.bind((LOOPBACK, port))
             except OSError:
                 continue
             ports.append(port)
+            _handed_out.append(port)
         return ports
+
+
+# The OS's randomness, not the `random` module's shared generator, which a test may seed: two
+# processes seeded alike would pick the same ports. And the last ports handed out, so that
+# calls one after another (one per service, before any binds) never return the same port.
+_random = random.SystemRandom()
+_handed_out: collections.deque[int] = collections.deque(maxlen=512)
 
 
 def _pick_range() -> tuple[int, int]:

@@ -198,9 +198,10 @@ class FullPipeline:
         return int(sample(self.sinks[name].metrics(), "tapline_sink_consumed_total", sink=name))
 
     def read_again(self, name: str, distinct: int) -> int:
-        """Records that the sink's processes read more than once in all (a lower bound: a
-        killed process may have read a few more after its last count)."""
-        return self.consumed[name] + self.consumed_now(name) - distinct
+        """Records that the sink's processes read more than once in all, at least: a killed
+        process may have read more after its last count, so the sum of the counts can even
+        fall short of the distinct records; then all that is known is 0 or more."""
+        return max(0, self.consumed[name] + self.consumed_now(name) - distinct)
 
     def restart_sink(self, name: str, *, copy: bool) -> SinkProcess:
         """Start the sink again. With `copy`, in a new consumer group holding the killed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -31,11 +33,7 @@ async def ensure_topic(
     bootstrap_servers: str, topic: str, *, partitions: int, max_record_bytes: int
 ) -> int | None:
     """Create `topic` when absent; return its max.message.bytes (None if Kafka does not say)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
-    )
-    await admin.start()
-    try:
+    async with _admin(bootstrap_servers) as admin:
         try:
             await admin.create_topics([NewTopic(
                 topic,
@@ -47,20 +45,25 @@ async def ensure_topic(
         except TopicAlreadyExistsError:
             pass
         return await _max_message_bytes(admin, topic)
-    finally:
-        await admin.close()
 
 
 async def topic_message_limit(bootstrap_servers: str, topic: str) -> int | None:
     """The topic's max.message.bytes; None when the topic does not exist or Kafka does not say."""
+    async with _admin(bootstrap_servers) as admin:
+        try:
+            return await _max_message_bytes(admin, topic)
+        except KafkaError:
+            return None
+
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap_servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
     )
     await admin.start()
     try:
-        return await _max_message_bytes(admin, topic)
-    except KafkaError:
-        return None
+        yield admin
     finally:
         await admin.close()
 

@@ -45,6 +45,11 @@ class ProxyMetrics:
             "Records handed to the Kafka client and not yet acknowledged or failed.",
             registry=self.registry,
         )
+        self.in_flight_bytes = Gauge(
+            "tapline_proxy_in_flight_bytes",
+            "Bytes of the records handed to the Kafka client and not yet acknowledged or failed.",
+            registry=self.registry,
+        )
         self.produce_latency = Histogram(
             "tapline_proxy_produce_latency_seconds",
             "From the hook to Kafka's acknowledgement.",

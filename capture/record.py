@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,7 +139,8 @@ def wire_text(data: bytes) -> str:
 
 def format_time(epoch_s: float) -> str:
     """An epoch timestamp as ISO 8601 in UTC with microseconds, e.g. 2026-11-28T10:12:44.123456Z."""
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is strftime("%Y-%m-%dT%H:%M:%S.%f") without its format parsing; minus "+00:00".
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -152,11 +154,14 @@ def parse_time(text: str) -> datetime:
     return parsed
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def canonical_ip(text: str) -> str | None:
     """The canonical text form of an IP address, or None when `text` is not one.
 
     IPv4-mapped IPv6 addresses (what a dual-stack socket reports for IPv4 peers) become the
-    IPv4 address, so one client has one spelling whatever socket it came in on.
+    IPv4 address, so one client has one spelling whatever socket it came in on. Cached: a
+    proxy and a sink see the same few client addresses over and over, and `ipaddress` parses
+    in Python.
     """
     try:
         address = ipaddress.ip_address(text.strip())

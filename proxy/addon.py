@@ -118,6 +118,7 @@ class CaptureAddon:
             app=self.app_of(flow),
             body_cap=body_cap,
             trusted=self.settings.trusted_proxies,
+            params_body_max=self.settings.params_body_max_bytes,
         )
         if self.redactor is not None:
             self.redactor.redact(record)

@@ -28,6 +28,8 @@ CHUNKED_UPSTREAM = "tapline.chunked_upstream"
 # parse_qsl stops here, so a request with a million parameters costs the proxy nothing much;
 # the raw query string and body are in the record whatever this says.
 MAX_PARAMS = 10_000
+# Request bodies above this are not parsed into parameters (CAPTURE_PARAMS_BODY_MAX_BYTES).
+PARAMS_BODY_MAX_BYTES = 16 << 10
 
 
 class BodyTap:
@@ -119,6 +121,8 @@ def _tap(
     key: str,
     cap: int,
 ) -> None:
+    if not message.stream and _plainly_small(message, response is None, cap):
+        return
     try:
         size = expected_http_body_size(flow.request, response)
     except ValueError:  # a malformed Content-Length: size unknown
@@ -127,6 +131,24 @@ def _tap(
         tap = BodyTap(cap)
         message.stream = tap
         flow.metadata[key] = tap
+
+
+def _plainly_small(message: http.Message, is_request: bool, cap: int) -> bool:
+    """True when the headers alone show the body fits the cap: one plain Content-Length at
+    most `cap`, or an HTTP/1 request with no framing at all (no body). The common case, told
+    in one pass over the headers; anything else goes through mitmproxy's own rules."""
+    length = None
+    for name, value in message.headers.fields:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return False
+            length = int(value)
+    if length is None:
+        return is_request and not (message.is_http2 or message.is_http3)
+    return length <= cap
 
 
 def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
@@ -184,18 +206,22 @@ def client_address(
     return client
 
 
-def parse_params(query: str, content_type: str, body: bytes | None) -> dict[str, list]:
+def parse_params(
+    query: str, content_type: str, body: bytes | None, body_max: int = PARAMS_BODY_MAX_BYTES
+) -> dict[str, list]:
     """Parameters by source: the query string, an urlencoded form body, a JSON object body.
 
-    Repeated names are kept as separate pairs. A body is parsed only when it is complete and
-    not content-encoded (`body` is None otherwise); one that does not parse adds nothing.
+    Repeated names are kept as separate pairs. A body is parsed only when it is complete, not
+    content-encoded (`body` is None otherwise) and at most `body_max` bytes; one that does not
+    parse adds nothing. A bigger body is data rather than parameters, and is in the record
+    anyway: parsing it would cost the proxy milliseconds and double the record.
     """
     params: dict[str, list] = {
         "query": _pairs(query),
         "form": [],
         "json": [],
     }
-    if not body:
+    if not body or len(body) > body_max:
         return params
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
@@ -213,6 +239,10 @@ def parse_params(query: str, content_type: str, body: bytes | None) -> dict[str,
 def _pairs(text: str) -> list[list[str]]:
     if not text:
         return []
+    if "%" not in text and "+" not in text and text.count("&") < MAX_PARAMS:
+        # Nothing to unquote: what parse_qsl would give, without its per-field work.
+        return [[name, value] for name, _, value in
+                (field.partition("=") for field in text.split("&") if field)]
     try:
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMS)
     except ValueError:  # more than MAX_PARAMS fields
@@ -228,37 +258,39 @@ def build_record(
     app: str,
     body_cap: int,
     trusted: Sequence[Network] = (),
+    params_body_max: int = PARAMS_BODY_MAX_BYTES,
 ) -> CaptureRecord:
     """The capture record of a finished (or failed) exchange."""
     request = flow.request
+    data = request.data
     peer_ip, peer_port = flow.client_conn.peername[:2]
-    raw_path = request.data.path
-    path, _, query = raw_path.partition(b"?")
+    path, _, query = data.path.partition(b"?")
+    # One pass over the request's headers, for the record and for the few it reads; the
+    # framing frame_for_http1 added is the proxy's, not the client's.
+    headers, wanted = _headers_and(data.headers.fields, CHUNKED_UPSTREAM in flow.metadata)
     request_body = body_of(request, flow.metadata.get(REQUEST_TAP), body_cap)
     complete = (
         not request_body["body_truncated"]
         and REQUEST_TAP not in flow.metadata
-        and "content-encoding" not in request.headers
+        and b"content-encoding" not in wanted
     )
     query_text = wire_text(query)
+    host = request.authority if request.is_http2 or request.is_http3 else ""
     record_request = Request(
-        method=wire_text(request.data.method),
+        method=wire_text(data.method),
         scheme=request.scheme,
-        host=request.host_header or request.pretty_host,
+        host=host or _joined(wanted, b"host") or request.pretty_host,
         port=request.port,
         path=wire_text(path),
         query=query_text,
         params=parse_params(
             query_text,
-            request.headers.get("content-type", ""),
+            _joined(wanted, b"content-type"),
             (request.raw_content or b"") if complete else None,
+            params_body_max,
         ),
-        http_version=request.http_version,
-        headers=_headers(
-            (name, value) for name, value in request.headers.fields
-            # the framing frame_for_http1 added is the proxy's, not the client's
-            if not (CHUNKED_UPSTREAM in flow.metadata and name.lower() == b"transfer-encoding")
-        ),
+        http_version=data.http_version.decode("ascii", "replace"),
+        headers=headers,
         **request_body,
     )
     response = flow.response
@@ -267,27 +299,27 @@ def build_record(
     if response is not None:
         # Kept even when the exchange failed half way (client gone mid-response): the status
         # and the bytes that did pass are worth having, next to the error.
+        rdata = response.data
         record_response = Response(
-            status_code=response.status_code,
-            reason=wire_text(response.data.reason),
-            http_version=response.http_version,
-            headers=_headers(response.headers.fields),
+            status_code=rdata.status_code,
+            reason=wire_text(rdata.reason),
+            http_version=rdata.http_version.decode("ascii", "replace"),
+            headers=_headers_and(rdata.headers.fields, False)[0],
             **body_of(response, flow.metadata.get(RESPONSE_TAP), body_cap),
         )
-        end = response.timestamp_end
+        end = rdata.timestamp_end
     error = flow.error.msg if flow.error else None
     if end is None:
         end = flow.error.timestamp if flow.error else time.time()
-    start = request.timestamp_start
+    start = data.timestamp_start
+    forwarded = wanted.get(b"x-forwarded-for", ())
     return CaptureRecord(
         id=str(uuid6.uuid7()),
         app=app,
         started_at=format_time(start),
         ended_at=format_time(end),
         duration_ms=round(max(0.0, end - start) * 1000, 3),
-        client_ip=client_address(
-            peer_ip, request.headers.get_all("x-forwarded-for"), trusted
-        ),
+        client_ip=client_address(peer_ip, [wire_text(v) for v in forwarded], trusted),
         client_port=int(peer_port),
         request=record_request,
         response=record_response,
@@ -295,5 +327,31 @@ def build_record(
     )
 
 
-def _headers(fields: Iterable[tuple[bytes, bytes]]) -> list[list[str]]:
-    return [[wire_text(name), wire_text(value)] for name, value in fields]
+# The request headers build_record reads, beside listing them all.
+_WANTED = frozenset((b"host", b"content-type", b"content-encoding", b"x-forwarded-for",
+                     b"transfer-encoding"))
+
+
+def _headers_and(
+    fields: Iterable[tuple[bytes, bytes]], drop_framing: bool
+) -> tuple[list[list[str]], dict[bytes, list[bytes]]]:
+    """The headers as the record lists them, and the values of the `_WANTED` ones by name."""
+    headers = []
+    wanted: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        key = name.lower()
+        if key in _WANTED:
+            if drop_framing and key == b"transfer-encoding":
+                continue
+            wanted.setdefault(key, []).append(value)
+        try:
+            headers.append([name.decode(), value.decode()])
+        except UnicodeDecodeError:
+            headers.append([wire_text(name), wire_text(value)])
+    return headers, wanted
+
+
+def _joined(wanted: dict[bytes, list[bytes]], name: bytes) -> str:
+    """A header's values as mitmproxy's `headers.get` gives them (joined by ", "), or ""."""
+    values = wanted.get(name)
+    return wire_text(b", ".join(values)) if values else ""

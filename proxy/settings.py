@@ -106,6 +106,7 @@ class ProxySettings:
     topic_partitions: int
     max_record_bytes: int
     body_max_bytes: int
+    params_body_max_bytes: int
     queue_max_bytes: int
     shutdown_timeout_s: float
     linger_ms: int
@@ -142,6 +143,8 @@ class ProxySettings:
             topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1),
             max_record_bytes=reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 << 20, minimum=64 << 10),
             body_max_bytes=reader.integer("CAPTURE_BODY_MAX_BYTES", 1 << 20, minimum=0),
+            params_body_max_bytes=reader.integer("CAPTURE_PARAMS_BODY_MAX_BYTES", 16 << 10,
+                                                 minimum=0),
             queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 << 20, minimum=1),
             shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0),
             linger_ms=reader.integer("KAFKA_LINGER_MS", 5, minimum=0),

@@ -1,6 +1,7 @@
 """Record building from mitmproxy test flows: bodies, headers, clients, parameters."""
 
 import ipaddress
+import random
 
 import pytest
 from mitmproxy import http
@@ -318,3 +319,76 @@ def test_http2_to_an_http1_app_over_tls_is_framed():
     flow.server_conn.timestamp_tls_setup = 1.0
     flow.server_conn.alpn = b"http/1.1"
     assert frame_for_http1(flow)
+
+
+def test_a_json_or_form_body_over_the_params_limit_is_not_parsed():
+    body = b'{"user": "u", "pad": "' + b"x" * 100 + b'"}'
+    assert parse_params("", "application/json", body, body_max=len(body))["json"][0] == [
+        "user", "u"]
+    assert parse_params("", "application/json", body, body_max=len(body) - 1)["json"] == []
+    form = b"a=1&b=" + b"2" * 50
+    assert parse_params("q=1", "application/x-www-form-urlencoded", form, body_max=10) == {
+        "query": [["q", "1"]], "form": [], "json": []}
+
+
+def test_a_flow_over_the_params_limit_keeps_its_body_whole():
+    body = b'{"n": "' + b"9" * 20_000 + b'"}'
+    flow = flow_with(req_headers=((b"Host", b"h"), (b"Content-Type", b"application/json")),
+                     req_body=body)
+    record = build_record(flow, app="app_a", body_cap=1 << 20)  # default limit, 16 KiB
+    assert record.request.params["json"] == []
+    assert record.request.body.encode() == body
+
+
+def test_query_pairs_equal_parse_qsl_on_random_strings():
+    """The fast path of plain query strings gives what parse_qsl gives."""
+    from urllib.parse import parse_qsl
+    rng = random.Random(8)
+    alphabet = "ab=&;x1 ?é/%+2"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        assert parse_params(text, "", None)["query"] == [
+            [name, value] for name, value in parse_qsl(text, keep_blank_values=True)], text
+
+
+@pytest.mark.parametrize("is_request", [True, False])
+@pytest.mark.parametrize("version", ["HTTP/1.0", "HTTP/1.1", "HTTP/2.0"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "CONNECT"])
+@pytest.mark.parametrize("status", [200, 204, 304, 101])
+@pytest.mark.parametrize("headers", [
+    (), ((b"Content-Length", b"0"),), ((b"Content-Length", b"16"),),
+    ((b"Content-Length", b"17"),), ((b"content-length", b"5"), (b"Content-Length", b"5")),
+    ((b"Content-Length", b" 5"),), ((b"Content-Length", b"x"),),
+    ((b"Transfer-Encoding", b"chunked"),),
+    ((b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked")),
+])
+def test_the_quick_look_at_framing_decides_as_mitmproxys_rules(
+        is_request, version, method, status, headers):
+    """Whether a body is streamed through a tap: the same with the one-pass look at the
+    headers as with mitmproxy's expected_http_body_size alone, for every combination."""
+    def tapped(quick: bool) -> bool:
+        flow = flow_with(method=method.encode(), resp_headers=(), resp_body=b"",
+                         status=status)
+        flow.request.http_version = version
+        flow.response.http_version = version
+        message = flow.request if is_request else flow.response
+        message.headers = http.Headers(list(headers))
+        with pytest.MonkeyPatch.context() as patch:
+            if not quick:
+                patch.setattr("proxy.exchange._plainly_small", lambda *a: False)
+            (tap_request if is_request else tap_response)(flow, CAP)
+        return isinstance(message.stream, BodyTap)
+
+    assert tapped(True) == tapped(False)
+
+
+def test_format_time_is_the_strftime_form():
+    from datetime import UTC, datetime
+
+    from capture import format_time
+    rng = random.Random(3)
+    for _ in range(20_000):
+        epoch = rng.uniform(0, 4e9)
+        assert format_time(epoch) == datetime.fromtimestamp(epoch, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_time(0) == "1970-01-01T00:00:00.000000Z"

@@ -67,6 +67,7 @@ from tests.support import Process, sample, scrape, wait_for_port
 
 DIRECT, BARE, CAPTURE, KAFKA_DOWN = "app direct", "bare mitmdump", "capture, Kafka up", \
     "capture, Kafka down"
+BASELINE = "capture, baseline"  # --baseline: the proxy of another checkout, Kafka up
 CONFIGS = (DIRECT, BARE, CAPTURE, KAFKA_DOWN)
 TARGET_RATIO, TARGET_P99_MS = 0.95, 1.0
 REDACT_KEY = "bench-redact-key"
@@ -127,7 +128,10 @@ class Rig:
             "-b", f"127.0.0.1:{self.app_port}", "bench.bench_app:app"], {}, [self.app_port],
             f"http://127.0.0.1:{self.app_port}")
 
-    def proxy(self, name: str, *, capture: bool, bootstrap: str | None = None) -> Target:
+    def proxy(self, name: str, *, capture: bool, bootstrap: str | None = None,
+              code: Path | None = None) -> Target:
+        """A proxy in front of the app: bare mitmdump, or `python -m proxy`, from this
+        checkout or, with `code`, from another one (its folder first on the path)."""
         port = free_port()
         env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{self.app_port}@{port}",
                "PROXY_METRICS_PORT": "0"}
@@ -140,6 +144,10 @@ class Rig:
                         "CAPTURE_TOPIC": self.topic, "PROXY_METRICS_PORT": str(metrics_port),
                         "CAPTURE_REDACT_KEY": REDACT_KEY})
             command = [PYTHON, "-m", "proxy"]
+            if code is not None:
+                # -P: not this checkout's folder first on the path, but `code`'s.
+                command = [PYTHON, "-P", "-m", "proxy"]
+                env["PYTHONPATH"] = str(code)
             ports.append(metrics_port)
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         return self.launch(name, command, env, ports, f"http://127.0.0.1:{port}", metrics)
@@ -221,10 +229,12 @@ def overhead(targets: dict[str, Target], loads: list[Load], rounds: int,
              requests: int) -> tuple[Results, Drops]:
     results: Results = {}
     drops: Drops = {}
+    names = [name for name in (*CONFIGS, BASELINE) if name in targets]
     for round_ in range(rounds):
         for load in loads:
             # A different order in each round, so that no configuration always runs first.
-            order = CONFIGS[round_ % 4:] + CONFIGS[:round_ % 4]
+            shift = round_ % len(names)
+            order = names[shift:] + names[:shift]
             for name in order:
                 before = dropped(targets[name])
                 result = run(targets[name], load, requests)
@@ -246,9 +256,10 @@ def overhead_table(results: Results, drops: Drops, loads: list[Load],
                    "vs bare", "Δp99 vs bare", "errors", "captures dropped", "target"):
         table.add_column(column, justify="left" if column in ("load", "configuration")
                          else "right")
+    names = [name for name in (*CONFIGS, BASELINE) if (loads[0], name) in results]
     for load in loads:
         bare = results[(load, BARE)]
-        for name in CONFIGS:
+        for name in names:
             runs = results[(load, name)]
             rps = [r.rps for r in runs]
             # Paired by round: each round's ratio to the bare run of the same round.
@@ -256,7 +267,7 @@ def overhead_table(results: Results, drops: Drops, loads: list[Load],
             delta = median([r.p99_ms - b.p99_ms for r, b in zip(runs, bare, strict=True)])
             spread = (max(rps) - min(rps)) / median(rps) * 100
             verdict = ""
-            if name in (CAPTURE, KAFKA_DOWN):
+            if name in (CAPTURE, KAFKA_DOWN, BASELINE):
                 met = ratio >= TARGET_RATIO and delta <= TARGET_P99_MS
                 verdict = "met" if met else "missed"
             table.add_row(
@@ -267,8 +278,8 @@ def overhead_table(results: Results, drops: Drops, loads: list[Load],
                 f"{delta:+.2f}" if name != BARE else "",
                 str(sum(r.errors for r in runs)),
                 f"{drops[(load, name)]:.0f} of {sum(r.complete for r in runs)}"
-                if name in (CAPTURE, KAFKA_DOWN) else "", verdict,
-                end_section=name == CONFIGS[-1],
+                if name in (CAPTURE, KAFKA_DOWN, BASELINE) else "", verdict,
+                end_section=name == names[-1],
             )
     return table
 
@@ -279,9 +290,11 @@ def overhead_table(results: Results, drops: Drops, loads: list[Load],
 def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requests: int,
          broker_pid: int | None, style: box.Box) -> Table:
     rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    names = [name for name in (BARE, CAPTURE, BASELINE) if name in targets]
     for round_ in range(rounds):
         for concurrency in concurrencies:
-            for name in (BARE, CAPTURE) if round_ % 2 == 0 else (CAPTURE, BARE):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
                 target = targets[name]
                 load = Load(concurrency, True)
                 before = cpu_seconds(target.pid)
@@ -300,17 +313,17 @@ def cost(targets: dict[str, Target], concurrencies: list[int], rounds: int, requ
         table.add_column(column, justify="right")
     for concurrency in concurrencies:
         bare = [r[1] for r in rows[(BARE, concurrency)]]
-        for name in (BARE, CAPTURE):
+        for name in names:
             runs = rows[(name, concurrency)]
             # Paired by round, as in the overhead table: the two runs of a round are adjacent.
             deltas = [r[1] - b for r, b in zip(runs, bare, strict=True)]
             table.add_row(
                 str(concurrency) if name == BARE else "", name,
                 f"{median([r[0] for r in runs]):.0f}", f"{median([r[1] for r in runs]):.0f}",
-                f"{median(deltas):+.0f}" if name == CAPTURE else "",
-                ", ".join(f"{d:+.0f}" for d in deltas) if name == CAPTURE else "",
-                f"{median([r[2] for r in runs]):.0f}" if name == CAPTURE and broker_pid else "",
-                end_section=name == CAPTURE,
+                f"{median(deltas):+.0f}" if name != BARE else "",
+                ", ".join(f"{d:+.0f}" for d in deltas) if name != BARE else "",
+                f"{median([r[2] for r in runs]):.0f}" if name != BARE and broker_pid else "",
+                end_section=name == names[-1],
             )
     return table
 
@@ -565,6 +578,9 @@ def main() -> int:
     parser.add_argument("--scaling-concurrency", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--sustain", type=float, default=60.0, help="seconds, memory section")
     parser.add_argument("--markdown", action="store_true", help="tables in Markdown")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="a checkout of another commit (git worktree add DIR COMMIT): its "
+                             "proxy runs too, as 'capture, baseline', in overhead and cost")
     parser.add_argument("--quick", action="store_true",
                         help="one round of one load, a few hundred requests: proves it runs")
     args = parser.parse_args()
@@ -598,11 +614,15 @@ def main() -> int:
             rig.ready(*targets.values())
             kafka_started.result()
         targets[CAPTURE] = rig.proxy(CAPTURE, capture=True)
+        if args.baseline:
+            targets[BASELINE] = rig.proxy(BASELINE, capture=True, code=args.baseline.resolve())
         second = rig.proxy(f"{CAPTURE} #2", capture=True) if "scaling" in args.only else None
-        rig.ready(*(t for t in (targets[CAPTURE], second) if t))
+        rig.ready(*(t for t in (targets[CAPTURE], targets.get(BASELINE), second) if t))
         broker = getattr(kafka, "_proc", None)  # only a broker we launched has a pid here
         broker_pid = broker.pid if broker is not None else None
-        wait_connected(targets[CAPTURE])
+        for name in (CAPTURE, BASELINE):
+            if name in targets:
+                wait_connected(targets[name])
         note(f"Kafka and {len(targets)} processes ready in {time.monotonic() - began:.0f} s")
         warm_up(list(targets.values()), loads)
         note(f"warmed up in {time.monotonic() - began:.0f} s")
@@ -624,7 +644,8 @@ def main() -> int:
             console.print(scaling(targets[CAPTURE], second, args.scaling_concurrency,
                                   args.rounds, args.requests, style))
             console.print(f"load average: {load_average()}")
-        accounts += [account(t, kafka_up=True) for t in (targets[CAPTURE], second) if t]
+        accounts += [account(t, kafka_up=True)
+                     for t in (targets[CAPTURE], targets.get(BASELINE), second) if t]
         accounts.append(account(targets[KAFKA_DOWN], kafka_up=False))
         if "memory" in args.only:
             table, checked = memory(rig, memory_loads, args.sustain, style)

@@ -125,7 +125,7 @@ class ProxySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
         env = os.environ if env is None else env
         reader = EnvReader(env)
-        compression = reader.text("KAFKA_COMPRESSION", "lz4")
+        compression = reader.text("KAFKA_COMPRESSION", "zstd")
         if compression not in ("none", "gzip", "lz4", "zstd", "snappy"):
             raise SettingsError(
                 f"KAFKA_COMPRESSION={compression!r}: use none, gzip, lz4, zstd or snappy"

@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
@@ -161,51 +162,63 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def run_process(sink: str, env: dict[str, str], ends: dict[TopicPartition, int],
-                workdir: Path, services: dict[str, int | None]) -> dict:
+                workdir: Path, services: dict[str, int | None], consumers: int = 1) -> dict:
     """Time the sink from its start to the last commit. Also from its first commit on (the
     steady part: no start-up, no migration), with the CPU that the sink and the services
-    spent meanwhile, read from /proc."""
-    port = free_port()
-    run_env = {**os.environ, **env, "SINK_METRICS_PORT": str(port), "LOG_LEVEL": "WARNING"}
-    log_path = workdir / f"{env['CAPTURE_TOPIC']}.log"
+    spent meanwhile, read from /proc. With `consumers` above 1, that many sink processes
+    share the group (and the partitions); their CPU is summed, their peak RSS is the
+    largest of them."""
+    ports = [free_port() for _ in range(consumers)]
+    logs = [workdir / f"{env['CAPTURE_TOPIC']}-{n}.log" for n in range(consumers)]
     peak = 0
     first: dict = {}
+    procs: list[subprocess.Popen] = []
 
-    def cpu(pid: int) -> dict[str, float]:
-        return {"sink": cpu_seconds(pid),
+    def cpu() -> dict[str, float]:
+        return {"sink": sum(cpu_seconds(proc.pid) for proc in procs),
                 **{name: cpu_seconds(p) for name, p in services.items() if p}}
 
-    with log_path.open("wb") as log:
-        began = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "sinks", sink], cwd=ROOT, env=run_env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    def peak_now() -> int:
+        return max(peak_rss_kb(proc.pid) for proc in procs)
+
+    began = time.perf_counter()
+    try:
+        for port, log_path in zip(ports, logs, strict=True):
+            run_env = {**os.environ, **env, "SINK_METRICS_PORT": str(port),
+                       "LOG_LEVEL": "WARNING"}
+            with log_path.open("wb") as log:
+                procs.append(subprocess.Popen([sys.executable, "-m", "sinks", sink], cwd=ROOT,
+                                              env=run_env, stdout=log,
+                                              stderr=subprocess.STDOUT))
 
         def on_poll(committed: int) -> None:
             nonlocal peak
-            peak = max(peak, peak_rss_kb(proc.pid))
+            peak = max(peak, peak_now())
             if committed and not first:
-                first.update(at=time.perf_counter(), committed=committed, cpu=cpu(proc.pid))
+                first.update(at=time.perf_counter(), committed=committed, cpu=cpu())
 
         try:
-            try:
-                asyncio.run(wait_committed(env["KAFKA_BOOTSTRAP_SERVERS"], env["SINK_GROUP_ID"],
-                                           ends, alive=lambda: proc.poll() is None,
-                                           on_poll=on_poll))
-            except SystemExit:
-                raise SystemExit(f"the sink exited early; see {log_path}") from None
-            ended = time.perf_counter()
-            peak = max(peak, peak_rss_kb(proc.pid))
-            spent = cpu(proc.pid)
-            metrics = scrape(f"http://127.0.0.1:{port}/metrics")
-        finally:
+            asyncio.run(wait_committed(env["KAFKA_BOOTSTRAP_SERVERS"], env["SINK_GROUP_ID"],
+                                       ends, alive=lambda: all(p.poll() is None for p in procs),
+                                       on_poll=on_poll))
+        except SystemExit:
+            raise SystemExit(f"a sink exited early; see {logs}") from None
+        ended = time.perf_counter()
+        peak = max(peak, peak_now())
+        spent = cpu()
+        metrics = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
+    finally:
+        for proc in procs:
             proc.terminate()
+        for proc in procs:
             proc.wait(60)
     steady = sum(ends.values()) - first["committed"]
     return {"drain_s": ended - began, "peak_rss_mb": peak / 1024,
             "steady_records": steady, "steady_s": ended - first["at"],
             "cpu_s": {name: spent[name] - first["cpu"][name] for name in spent},
-            "written": sample(metrics, "tapline_sink_written_total", sink=sink),
-            "dead": sample(metrics, "tapline_sink_dead_lettered_total", sink=sink)}
+            "written": sum(sample(m, "tapline_sink_written_total", sink=sink) for m in metrics),
+            "dead": sum(sample(m, "tapline_sink_dead_lettered_total", sink=sink)
+                        for m in metrics)}
 
 
 # --- one run in this process, profiled -------------------------------------------------------
@@ -339,10 +352,20 @@ def run_one(args, records: int, batch: int, env: dict[str, str], bootstrap: str,
     if args.profile:
         result = run_profiled(args.sink, run_env, ends, records)
     else:
-        result = run_process(args.sink, run_env, ends, workdir, pids)
-    if result["written"] != records or result["dead"]:
+        result = run_process(args.sink, run_env, ends, workdir, pids, args.consumers)
+    # Several consumers may each write a batch whose partition moved to another during a
+    # rebalance before its commit: the same records twice (the stores keep one). One
+    # consumer writes each record once.
+    written_ok = (result["written"] >= records if args.consumers > 1
+                  else result["written"] == records)
+    if not written_ok or result["dead"]:
         raise SystemExit(f"{result['written']:.0f} written and {result['dead']:.0f} "
                          f"dead-lettered of {records}")
+    if postgres_dsn:
+        with psycopg.connect(run_env["DATABASE_URL"]) as db:
+            (rows,) = db.execute("SELECT count(*) FROM http_requests").fetchone()
+        if rows != records:
+            raise SystemExit(f"http_requests holds {rows} rows, not {records}")
     if args.sink == "lake":
         result["objects"] = count_objects(run_env, topic)
     return result
@@ -354,7 +377,8 @@ def result_line(args, records: int, batch: int, store: str, result: dict) -> str
               if steady_records and result["steady_s"] > 0 else "-")
     per_record = {name: f"{seconds / steady_records * 1e6:.1f}"
                   for name, seconds in result.get("cpu_s", {}).items() if steady_records}
-    line = (f"{args.sink:<10} {records:>7} {args.clients:>7} {batch or 'default':>7} "
+    sink = args.sink if args.consumers == 1 else f"{args.sink} x{args.consumers}"
+    line = (f"{sink:<10} {records:>7} {args.clients:>7} {batch or 'default':>7} "
             f"{result['drain_s']:>8.2f} {records / result['drain_s']:>10,.0f} {steady:>9} "
             f"{result['drain_s'] / records * 1e6:>10.1f} {result['peak_rss_mb']:>12.0f} "
             f"{per_record.get('sink', '-'):>9} {per_record.get(store, '-'):>{len(store) + 4}} "
@@ -377,6 +401,8 @@ def main() -> int:
                         help="SINK_BATCH_MAX_RECORDS values to run (default: the sink's own)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the sink, e.g. --set LAKE_GZIP_LEVEL=1")
+    parser.add_argument("--consumers", type=int, default=1,
+                        help="sink processes sharing the group and the partitions (default 1)")
     parser.add_argument("--profile", action="store_true",
                         help="run the sink in this process under cProfile, print where the "
                              "time goes")

@@ -1,19 +1,39 @@
 """`python -m proxy`: mitmdump in reverse mode, one listener per route, with the capture addon.
 
 Extra arguments go to mitmdump as they are (for example `--set connection_strategy=lazy`).
+
+The addon is added to mitmdump's master as a built-in addon, not loaded with `-s` as a script:
+mitmproxy walks a script's addons through its script loader for every event, which cost the
+capture proxy about a tenth of its capture work per exchange (`bench/profile_proxy.py`).
+`mitmdump -s proxy/addon.py` still works, for running it by hand.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from mitmproxy.tools.main import mitmdump
+from mitmproxy.tools import cmdline
+from mitmproxy.tools.dump import DumpMaster
+from mitmproxy.tools.main import run
 
 from proxy.settings import ProxySettings, SettingsError
 
-ADDON = Path(__file__).with_name("addon.py")
+
+class CaptureMaster(DumpMaster):
+    """mitmdump's master with the capture addon among its own."""
+
+    def __init__(self, options, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        from proxy.addon import CaptureAddon  # imports mitmproxy's addon API; only here
+
+        self.addons.add(CaptureAddon())
+
+
+def run_mitmdump(args: list[str], *, capture: bool = True) -> None:
+    """mitmdump with `args`, as `mitmproxy.tools.main.mitmdump` runs it; with the capture
+    addon unless `capture` is false (the benches' bare mitmdump)."""
+    run(CaptureMaster if capture else DumpMaster, cmdline.mitmdump, args)
 
 
 def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
@@ -32,7 +52,6 @@ def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
         "--set", "keep_host_header=true",
         # One line per flow on the terminal would cost more than the capture itself.
         "--set", "flow_detail=0",
-        "-s", str(ADDON),
         *extra,
     ]
 
@@ -52,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # more than the capture does. Connection errors still show, as warnings.
     if not settings.log_connections:
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
-    mitmdump(mitmdump_args(settings, sys.argv[1:] if argv is None else argv))
+    run_mitmdump(mitmdump_args(settings, sys.argv[1:] if argv is None else argv))
     return 0
 
 

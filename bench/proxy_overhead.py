@@ -412,9 +412,11 @@ def scaling(first: Target, second: Target, concurrencies: list[int], rounds: int
 # --- section: memory ------------------------------------------------------------------------------
 
 
-def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple[Table, list]:
+def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box,
+           baseline: Path | None = None) -> tuple[Table, list]:
     """RSS of fresh proxies under `seconds` of load: bare mitmdump for comparison, the
-    capture proxy with Kafka up, and with Kafka down (its queue fills up to its bound)."""
+    capture proxy with Kafka up, and with Kafka down (its queue fills up to its bound); and
+    the `baseline` checkout's capture proxy with Kafka up, when there is one."""
     table = Table(title=f"Proxy memory (VmRSS, MB) under {seconds:.0f} s of sustained load, "
                   "fresh processes", box=style)
     for column in ("configuration", "load", "requests", "req/s", "RSS start", "at 1/4",
@@ -422,49 +424,52 @@ def memory(rig: Rig, loads: list[Load], seconds: float, style: box.Box) -> tuple
         table.add_column(column, justify="left" if column in ("configuration", "load")
                          else "right")
     checked = []
+    configurations = [(BARE, False, None), (CAPTURE, True, None),
+                      (KAFKA_DOWN, True, closed_address())]
+    if baseline is not None:
+        configurations.append((BASELINE, True, None))
     plan = [(name, capture, bootstrap, load)
-            for name, capture, bootstrap in ((BARE, False, None), (CAPTURE, True, None),
-                                             (KAFKA_DOWN, True, closed_address()))
-            for load in loads]
+            for name, capture, bootstrap in configurations for load in loads]
     # All start at once (an idle proxy costs next to nothing), each is measured alone.
-    fresh = [rig.proxy(name, capture=capture, bootstrap=bootstrap)
+    fresh = [rig.proxy(name, capture=capture, bootstrap=bootstrap,
+                       code=baseline.resolve() if name == BASELINE and baseline else None)
              for name, capture, bootstrap, _ in plan]
     rig.ready(*fresh)
     for (name, capture, bootstrap, load), target in zip(plan, fresh, strict=True):
-        if name == CAPTURE:
+        if name in (CAPTURE, BASELINE):
             wait_connected(target)
-            samples: list[int] = []
-            stop = threading.Event()
+        samples: list[int] = []
+        stop = threading.Event()
 
-            def sample_rss(pid: int, stop: threading.Event, samples: list[int]) -> None:
-                while not stop.is_set():
-                    samples.append(memory_kb(pid))
-                    stop.wait(1.0)
+        def sample_rss(pid: int, stop: threading.Event, samples: list[int]) -> None:
+            while not stop.is_set():
+                samples.append(memory_kb(pid))
+                stop.wait(1.0)
 
-            start_kb = memory_kb(target.pid)
-            sampler = threading.Thread(target=sample_rss, args=(target.pid, stop, samples))
-            sampler.start()
-            try:
-                result = run(target, load, 10_000_000, seconds=seconds)
-            finally:
-                stop.set()
-                sampler.join()
-            end_kb = memory_kb(target.pid)
-            samples.append(end_kb)
-            queued = dropped = None
-            if capture:
-                queued = metric(target, "tapline_proxy_queue_bytes")
-                dropped = metric(target, "tapline_proxy_dropped_total", reason="queue_full")
-                checked.append(account(target, kafka_up=bootstrap is None))
-            quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3)]
-            note(f"memory  {name:<20} {load.label:<32} {result.rps:6.0f} req/s  RSS MB "
-                 f"{' -> '.join(f'{kb / 1024:.0f}' for kb in [start_kb, *quarters, end_kb])}")
-            table.add_row(name, load.label, str(result.complete), f"{result.rps:.0f}",
-                          *(f"{kb / 1024:.0f}" for kb in [start_kb, *quarters, end_kb]),
-                          f"{max(samples) / 1024:.0f}",
-                          "" if queued is None else f"{queued / 2**20:.1f}",
-                          "" if dropped is None else f"{dropped:.0f}")
-            rig.stop(target)
+        start_kb = memory_kb(target.pid)
+        sampler = threading.Thread(target=sample_rss, args=(target.pid, stop, samples))
+        sampler.start()
+        try:
+            result = run(target, load, 10_000_000, seconds=seconds)
+        finally:
+            stop.set()
+            sampler.join()
+        end_kb = memory_kb(target.pid)
+        samples.append(end_kb)
+        queued = dropped = None
+        if capture:
+            queued = metric(target, "tapline_proxy_queue_bytes")
+            dropped = metric(target, "tapline_proxy_dropped_total", reason="queue_full")
+            checked.append(account(target, kafka_up=bootstrap is None))
+        quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3)]
+        note(f"memory  {name:<20} {load.label:<32} {result.rps:6.0f} req/s  RSS MB "
+             f"{' -> '.join(f'{kb / 1024:.0f}' for kb in [start_kb, *quarters, end_kb])}")
+        table.add_row(name, load.label, str(result.complete), f"{result.rps:.0f}",
+                      *(f"{kb / 1024:.0f}" for kb in [start_kb, *quarters, end_kb]),
+                      f"{max(samples) / 1024:.0f}",
+                      "" if queued is None else f"{queued / 2**20:.1f}",
+                      "" if dropped is None else f"{dropped:.0f}")
+        rig.stop(target)
     return table, checked
 
 
@@ -580,7 +585,8 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="tables in Markdown")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="a checkout of another commit (git worktree add DIR COMMIT): its "
-                             "proxy runs too, as 'capture, baseline', in overhead and cost")
+                             "proxy runs too, as 'capture, baseline', in overhead, cost and "
+                             "memory")
     parser.add_argument("--quick", action="store_true",
                         help="one round of one load, a few hundred requests: proves it runs")
     args = parser.parse_args()
@@ -648,7 +654,7 @@ def main() -> int:
                      for t in (targets[CAPTURE], targets.get(BASELINE), second) if t]
         accounts.append(account(targets[KAFKA_DOWN], kafka_up=False))
         if "memory" in args.only:
-            table, checked = memory(rig, memory_loads, args.sustain, style)
+            table, checked = memory(rig, memory_loads, args.sustain, style, args.baseline)
             console.print(table)
             console.print(f"load average: {load_average()}")
             accounts += checked

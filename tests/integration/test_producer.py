@@ -17,6 +17,15 @@ from tests.support import read_topic, wait_until
 pytestmark = pytest.mark.integration
 
 
+async def connected(settings: ProxySettings, metrics: ProxyMetrics) -> CaptureProducer:
+    """A started producer, once it has reached Kafka."""
+    producer = CaptureProducer(settings, metrics)
+    producer.start()
+    await asyncio.to_thread(wait_until, lambda: producer._kafka is not None, timeout=30,
+                            what="the producer connected")
+    return producer
+
+
 def test_offers_made_while_it_flushes_go_out_with_the_rest(kafka):
     topic = f"flush-{uuid.uuid4().hex[:8]}"
     settings = ProxySettings.from_env({
@@ -26,10 +35,7 @@ def test_offers_made_while_it_flushes_go_out_with_the_rest(kafka):
     metrics = ProxyMetrics()
 
     async def scenario():
-        producer = CaptureProducer(settings, metrics)
-        producer.start()
-        await asyncio.to_thread(wait_until, lambda: producer._kafka is not None, timeout=30,
-                                what="the producer connected")
+        producer = await connected(settings, metrics)
         assert producer.offer(b"k", b"before the stop")
         closing = asyncio.create_task(producer.close(settings.shutdown_timeout_s))
         await asyncio.sleep(0.2)
@@ -61,10 +67,7 @@ def test_records_go_out_in_batches_each_key_on_its_partition_in_order(kafka):
     offered = [(keys[n % 40], f"{n:06d}".encode() * 20) for n in range(3000)]
 
     async def scenario():
-        producer = CaptureProducer(settings, metrics)
-        producer.start()
-        await asyncio.to_thread(wait_until, lambda: producer._kafka is not None, timeout=30,
-                                what="the producer connected")
+        producer = await connected(settings, metrics)
         for n, (key, value) in enumerate(offered):
             assert producer.offer(key, value)
             if n % 100 == 0:
@@ -110,10 +113,7 @@ def test_records_handed_to_kafka_count_against_the_queue_bound(kafka):
     metrics = ProxyMetrics()
 
     async def scenario():
-        producer = CaptureProducer(settings, metrics)
-        producer.start()
-        await asyncio.to_thread(wait_until, lambda: producer._kafka is not None, timeout=30,
-                                what="the producer connected")
+        producer = await connected(settings, metrics)
         assert producer.offer(b"k", b"x" * (60 << 10))
         await asyncio.sleep(0.3)  # taken into a batch, which lingers for 2 s
         state = (producer.queued, producer.in_flight, producer._in_flight_bytes)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.__main__ import mitmdump_args, run_mitmdump
+from proxy.__main__ import keep_big_buffers_off_the_heap, mitmdump_args, run_mitmdump
 from proxy.settings import ProxySettings
 
 
@@ -23,6 +23,7 @@ def main() -> int:
     settings = ProxySettings.from_env()
     if not settings.log_connections:
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
+    keep_big_buffers_off_the_heap()
     run_mitmdump(mitmdump_args(settings, sys.argv[1:]), capture=False)
     return 0
 

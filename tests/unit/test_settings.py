@@ -103,3 +103,11 @@ def test_bad_routes(spec, message):
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(SettingsError, match=message):
         ProxySettings.from_env(env)
+
+
+def test_the_proxy_sets_glibcs_mmap_threshold_unless_told_otherwise(monkeypatch):
+    from proxy.__main__ import keep_big_buffers_off_the_heap
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert keep_big_buffers_off_the_heap()  # Debian's Python runs on glibc
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert not keep_big_buffers_off_the_heap()

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-faults test-unit lint fetch run load proxy apps migrate up down logs ps clean
+.PHONY: install test test-faults test-unit lint fetch run load proxy apps migrate up down logs ps clean bench
 
 # Where `make load` sends traffic: the proxy in front of app_a.
 APP_A ?= http://127.0.0.1:5000
@@ -47,6 +47,17 @@ test-faults: fetch
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/apps -m "not integration"
+
+# Every bench in one run, each stage against its limit (docs/performance.md): the capture path,
+# the proxy against bare mitmdump (BASELINE=DIR adds another checkout's proxy), both sinks, the
+# S3 server's PUT rate, end to end. About an hour on two cores; QUICK=1 for the CI-sized runs.
+bench: fetch
+	$(BIN)/python bench/record_cost.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/proxy_overhead.py --markdown $(if $(QUICK),--quick) $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python bench/sink_throughput.py --sink timescale $(if $(QUICK),--quick,--sizes)
+	$(BIN)/python bench/sink_throughput.py --sink lake $(if $(QUICK),--quick,--clients 20)
+	$(if $(QUICK),,$(BIN)/python bench/s3_put_rate.py)
+	$(BIN)/python bench/end_to_end.py --markdown $(if $(QUICK),--quick)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

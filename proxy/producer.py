@@ -247,6 +247,11 @@ class CaptureProducer:
         except KafkaError as e:
             self._settle(batch, e)
             return
+        except asyncio.CancelledError:
+            raise  # close() counts what is still in flight
+        except BaseException as e:  # counted, then the producer reconnects
+            self._settle(batch, e)
+            raise
         future.add_done_callback(
             lambda f, batch=batch: self._settle(
                 batch, None if f.cancelled() else f.exception(), cancelled=f.cancelled()

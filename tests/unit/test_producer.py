@@ -47,3 +47,40 @@ def test_with_kafka_unreachable_the_stop_counts_what_was_queued_by_reason():
     # an offer after the stop is refused and counted too
     assert metrics.value("tapline_proxy_dropped_total", reason="shutdown") == 3
     assert summary["captured"] == 0  # the addon counts captures; here nobody did
+
+
+class _Builder:
+    def append(self, *, timestamp, key, value):
+        return object()  # aiokafka returns the record's metadata; anything but None
+
+
+class _RefusingClient:
+    """Stands in for the Kafka client at one point only: its send_batch fails unexpectedly."""
+
+    def create_batch(self):
+        return _Builder()
+
+    async def send_batch(self, builder, topic, *, partition):
+        raise RuntimeError("unexpected")
+
+
+def test_a_batch_refused_with_an_unexpected_error_is_counted_not_lost():
+    settings = ProxySettings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    metrics = ProxyMetrics()
+    producer = CaptureProducer(settings, metrics)
+    assert producer.offer(b"k", b"one") and producer.offer(b"k", b"two")
+    client = _RefusingClient()
+    (batch,) = producer._take(client, [0]).values()
+    assert (producer.queued, producer.in_flight) == (0, 2)
+
+    async def send():
+        await producer._send(client, "topic", 0, batch)
+
+    try:
+        asyncio.run(send())
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the error should reach the producer task, which reconnects")
+    assert producer.in_flight == 0 and producer._in_flight_bytes == 0
+    assert metrics.value("tapline_proxy_dropped_total", reason="kafka_error") == 2

@@ -1,11 +1,15 @@
-"""The capture record, version 1: one HTTP exchange as it crossed the proxy.
+"""The capture record, version 2: one HTTP exchange as it crossed the proxy.
 
 This module is the contract between the proxy, which writes records, and the sinks, which read
 them. It is pure (no I/O, nothing from mitmproxy) so that both sides can import it. A record is
 JSON on the wire (see docs/record.md for the field table and an example).
 
-Bodies are kept as they were on the wire (content-encoding untouched): as text when the bytes
-are valid UTF-8, otherwise base64, so a record is always valid JSON and loses no byte.
+With redaction on (`redacted`), a body is kept decoded (`content_encoding` says which coding
+was undone) and redacted, or withheld (`body_withheld` says why, `body_digest` is a keyed digest
+of its bytes); with it off, as it was on the wire. Either way as text when it is text (valid
+UTF-8), otherwise base64, so a record is always valid JSON. Version 1 records (no
+`content_encoding`, `body_withheld`, `body_digest`, `redacted`) still decode, with those
+fields at their defaults.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any, Literal
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+VERSIONS = (1, 2)  # what `decode` reads
 
 BodyEncoding = Literal["utf-8", "base64"]
 Pair = list[Any]  # [name, value]: JSON has no tuples
@@ -45,8 +50,10 @@ class Request:
     of `[name, value]` pairs with repeated names kept: `query` and `form` (urlencoded body)
     values are strings, `json` values are the members of a JSON object body, of any JSON type.
     `body` is text when `body_encoding` is "utf-8", base64 otherwise; it holds at most the
-    proxy's body cap, `body_size` is the full size in bytes and `body_truncated` says whether
-    `body` holds less than that.
+    proxy's body cap. `body_size` is the full size in bytes on the wire and `body_truncated`
+    says whether the body was cut (at the cap, or to fit the record). `content_encoding` is
+    the Content-Encoding undone before redaction ("" when none); `body_withheld` is why the
+    body is not kept (None when it is) and `body_digest` then a keyed digest of its bytes.
     """
 
     method: str
@@ -62,6 +69,9 @@ class Request:
     body_encoding: BodyEncoding = "utf-8"
     body_size: int = 0
     body_truncated: bool = False
+    content_encoding: str = ""
+    body_withheld: str | None = None
+    body_digest: str | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +86,9 @@ class Response:
     body_encoding: BodyEncoding = "utf-8"
     body_size: int = 0
     body_truncated: bool = False
+    content_encoding: str = ""
+    body_withheld: str | None = None
+    body_digest: str | None = None
 
 
 @dataclass(slots=True)
@@ -86,7 +99,8 @@ class CaptureRecord:
     arrived and `ended_at` when the response's last byte left (or when the exchange failed),
     both UTC with microseconds; `duration_ms` is the difference. `app` names the proxy listener
     the request came in on. `client_ip` is the canonical text form of the client's address
-    (the peer, or the X-Forwarded-For client when the peer is a trusted proxy).
+    (the peer, or the X-Forwarded-For client when the peer is a trusted proxy). `redacted`
+    says whether the proxy redacted the record (docs/security.md).
     """
 
     id: str
@@ -99,6 +113,7 @@ class CaptureRecord:
     request: Request
     response: Response | None = None
     error: str | None = None
+    redacted: bool = False
     v: int = field(default=SCHEMA_VERSION)
 
 
@@ -180,6 +195,44 @@ def encode(record: CaptureRecord) -> bytes:
     return orjson.dumps(record)
 
 
+def shrink(record: CaptureRecord, max_bytes: int) -> bytes:
+    """The record encoded, cut until it fits `max_bytes`: its bodies first (a quarter at a
+    time, the larger first; `body_truncated` says so), then the longest header values, which
+    become `[withheld: N bytes]`. A record that cannot fit even so (its header names alone, or
+    a request line, over the cap) comes back too big, for the caller to drop and count.
+
+    Cutting a redacted body is safe: its secrets are gone already, so no prefix of it holds
+    one."""
+    data = encode(record)
+    messages = [m for m in (record.request, record.response) if m is not None]
+    while len(data) > max_bytes:
+        message = max(messages, key=lambda m: len(m.body))
+        if not message.body:
+            break
+        keep = len(message.body) // 4
+        if message.body_encoding == "base64":
+            keep -= keep % 4  # whole quanta: what is kept still decodes
+        message.body = message.body[:keep]
+        message.body_truncated = True
+        data = encode(record)
+    if len(data) > max_bytes:
+        # Headers: the longest values go, as many as the excess needs, then a check.
+        pairs = sorted((pair for m in messages for pair in m.headers),
+                       key=lambda pair: len(pair[1]), reverse=True)
+        excess = len(data) - max_bytes
+        for pair in pairs:
+            if len(data) <= max_bytes or len(pair[1]) <= 64:
+                break
+            marker = f"[withheld: {len(pair[1])} bytes]"
+            excess -= len(pair[1]) - len(marker)
+            pair[1] = marker
+            if excess <= 0:
+                data = encode(record)
+                excess = len(data) - max_bytes
+        data = encode(record)
+    return data
+
+
 def decode(data: bytes | str) -> CaptureRecord:
     """Bytes from the topic back into a validated record; raises `InvalidRecord` with a reason."""
     try:
@@ -210,9 +263,9 @@ def from_dict(obj: Any) -> CaptureRecord:
     if not isinstance(obj, dict):
         raise InvalidRecord("a record is a JSON object")
     version = obj.get("v")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in VERSIONS:
         raise UnknownVersion(
-            f"unknown schema version {version!r} (this code reads {SCHEMA_VERSION})"
+            f"unknown schema version {version!r} (this code reads {', '.join(map(str, VERSIONS))})"
         )
     request = _message(obj, "request", _REQUEST_FIELDS, Request)
     response = None if obj.get("response") is None else _message(
@@ -229,6 +282,8 @@ def from_dict(obj: Any) -> CaptureRecord:
         request=request,
         response=response,
         error=_get(obj, "error", (str, type(None)), required=False),
+        redacted=bool(_get(obj, "redacted", bool, required=False)),
+        v=version,
     )
     validate(record)
     return record
@@ -269,6 +324,12 @@ _RESPONSE_FIELDS: dict[str, Any] = {
     "status_code": int, "reason": str, "http_version": str, "headers": list, "body": str,
     "body_encoding": str, "body_size": int, "body_truncated": bool,
 }
+# Version 2's fields of a message, absent from version 1 records: (types, default).
+_V2_FIELDS: dict[str, tuple[Any, Any]] = {
+    "content_encoding": (str, ""),
+    "body_withheld": ((str, type(None)), None),
+    "body_digest": ((str, type(None)), None),
+}
 
 
 # decode_json's quick check: the fields from_dict requires, and the exact types orjson gives
@@ -288,7 +349,7 @@ _ENCODINGS = ("utf-8", "base64")
 def _looks_valid(obj: Any) -> bool:
     """True when `obj` passes every check of `from_dict`; False when one fails or this quick
     check cannot tell (then from_dict decides). Must never be True where from_dict raises."""
-    if type(obj) is not dict or obj.get("v") != SCHEMA_VERSION:
+    if type(obj) is not dict or obj.get("v") not in VERSIONS or type(obj["v"]) is not int:
         return False
     try:
         record = _RECORD_VALUES(obj)
@@ -306,13 +367,15 @@ def _looks_valid(obj: Any) -> bool:
             or request[10] not in _ENCODINGS or request[11] < 0
             or not _pairs(request[8])):
         return False
+    if type(obj.get("redacted", False)) is not bool or not _v2_fields(record[6]):
+        return False
     if response is None:
         if not obj.get("error"):
             return False
     elif (tuple(map(type, response)) != _RESPONSE_TYPES
           or not 100 <= response[0] <= 999
           or response[5] not in _ENCODINGS or response[6] < 0
-          or not _pairs(response[3])):
+          or not _pairs(response[3]) or not _v2_fields(obj["response"])):
         return False
     for text in (record[2], record[3]):
         try:
@@ -321,6 +384,13 @@ def _looks_valid(obj: Any) -> bool:
         except ValueError:
             return False
     return True
+
+
+def _v2_fields(message: dict) -> bool:
+    """Whether version 2's message fields, where present, have their types."""
+    return (type(message.get("content_encoding", "")) is str
+            and type(message.get("body_withheld")) in _ERROR
+            and type(message.get("body_digest")) in _ERROR)
 
 
 def _pairs(headers: list) -> bool:
@@ -337,6 +407,9 @@ def _message(obj: dict, name: str, fields: dict[str, Any], cls: type) -> Any:
     if not isinstance(part, dict):
         raise InvalidRecord(f"{name} is missing or not an object")
     values = {key: _get(part, key, kind, where=name) for key, kind in fields.items()}
+    for key, (kind, default) in _V2_FIELDS.items():
+        value = _get(part, key, kind, required=False, where=name)
+        values[key] = default if value is None else value
     return cls(**values)
 
 

@@ -64,7 +64,7 @@ def row_of(record: CaptureRecord, body_max_bytes: int) -> tuple:
         response_body[0],
         response_body[1],
         bool(response and response.body_truncated) or response_body[2],
-        principal(request.headers),
+        principal(request.headers, record.redacted),
     )
 
 
@@ -128,8 +128,7 @@ def row_of_json(data: bytes, body_max_bytes: int) -> tuple:
         response_body[0],
         response_body[1],
         response_truncated,
-        authorization if authorization is not None and authorization.startswith("hmac:")
-        else None,
+        _principal(authorization, obj.get("redacted") is True),
     )
 
 
@@ -162,11 +161,23 @@ def merged_params(params: dict[str, list]) -> dict[str, Any]:
     return merged
 
 
-def principal(headers: list[list[str]]) -> str | None:
-    """Who made the request: the Authorization header's fingerprint (`hmac:...`), as the proxy
-    left it. A clear-text value (redaction off) is not copied into a column of its own."""
-    value = header(headers, "authorization")
-    return value if value is not None and value.startswith("hmac:") else None
+def principal(headers: list[list[str]], redacted: bool) -> str | None:
+    """Who made the request: the Authorization header as the proxy's redaction left it (its
+    fingerprint, after the scheme when there is one: `Bearer hmac:...`). A clear-text value
+    (redaction off) is not copied into a column of its own."""
+    return _principal(header(headers, "authorization"), redacted)
+
+
+def _principal(authorization: str | None, redacted: bool) -> str | None:
+    if authorization is None:
+        return None
+    if redacted:
+        return authorization
+    # Version 1 records say nothing of redaction; their fingerprints were the whole value.
+    return authorization if authorization.startswith(_V1_PREFIX) else None
+
+
+_V1_PREFIX = "hmac:"
 
 
 def header(headers: list[list[str]], name: str) -> str | None:

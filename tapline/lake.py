@@ -41,7 +41,8 @@ class LakeUnreachable(LakeError):
 
 # The record's fields as DuckDB types (docs/record.md). Stating them, rather than letting
 # DuckDB guess from a sample, keeps one schema for every object whatever its records hold.
-_BODY = "body VARCHAR, body_encoding VARCHAR, body_size BIGINT, body_truncated BOOLEAN"
+_BODY = ("body VARCHAR, body_encoding VARCHAR, body_size BIGINT, body_truncated BOOLEAN, "
+         "content_encoding VARCHAR, body_withheld VARCHAR, body_digest VARCHAR")
 COLUMNS = {
     "v": "INTEGER",
     "id": "VARCHAR",
@@ -61,6 +62,7 @@ COLUMNS = {
         f"headers VARCHAR[][], {_BODY})"
     ),
     "error": "VARCHAR",
+    "redacted": "BOOLEAN",
 }
 
 

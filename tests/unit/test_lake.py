@@ -174,7 +174,7 @@ def test_prepare_puts_a_hostile_ip_under_unknown():
     (None, "empty message"),
     (b"", "empty message"),
     (b"not json", "not JSON"),
-    (record_bytes(v=2), "unknown schema version 2"),
+    (record_bytes(v=3), "unknown schema version 3"),
     (record_bytes(started_at="yesterday"), "not an ISO 8601 time"),
     (record_bytes(started_at="0001-01-01T00:00:00+01:00"), "no UTC date"),
     (orjson.dumps(orjson.loads(record_bytes()), option=orjson.OPT_INDENT_2), "line break"),

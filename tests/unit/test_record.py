@@ -21,6 +21,7 @@ from capture import (
     parse_time,
     wire_text,
 )
+from capture.record import shrink
 from tests import factories
 
 
@@ -62,7 +63,7 @@ def test_failed_exchange_round_trips_without_response():
 
 def test_wire_form_is_plain_json_with_version():
     obj = orjson.loads(encode(make_record()))
-    assert obj["v"] == 1
+    assert obj["v"] == 2
     assert obj["request"]["headers"][0] == ["Authorization", "mytoken"]
     assert obj["response"]["status_code"] == 200
 
@@ -71,7 +72,13 @@ def test_wire_form_is_plain_json_with_version():
     ("mutate", "reason"),
     [
         (lambda o: o.pop("id"), "id is missing"),
-        (lambda o: o.update(v=2), "unknown schema version 2"),
+        (lambda o: o.update(v=3), "unknown schema version 3"),
+        (lambda o: o.update(v=True), "unknown schema version True"),
+        (lambda o: o["request"].update(body_withheld=5),
+         "request.body_withheld has the wrong type"),
+        (lambda o: o["response"].update(content_encoding=None),
+         "response.content_encoding has the wrong type"),
+        (lambda o: o.update(redacted="yes"), "redacted has the wrong type"),
         (lambda o: o.pop("v"), "unknown schema version None"),
         (lambda o: o.update(client_port="80"), "client_port has the wrong type"),
         (lambda o: o.update(client_port=True), "client_port is a boolean"),
@@ -206,3 +213,50 @@ def test_time_format_is_utc_microseconds():
 )
 def test_canonical_ip(text, canonical):
     assert canonical_ip(text) == canonical
+
+
+@pytest.mark.parametrize("decoder", [decode, decode_json])
+def test_version_1_records_still_decode(decoder):
+    # What the topic holds from before version 2: no content_encoding, body_withheld,
+    # body_digest or redacted.
+    obj = orjson.loads(encode(make_record()))
+    obj["v"] = 1
+    del obj["redacted"]
+    for message in (obj["request"], obj["response"]):
+        for name in ("content_encoding", "body_withheld", "body_digest"):
+            del message[name]
+    decoded = decoder(orjson.dumps(obj))
+    if decoder is decode:
+        assert decoded.v == 1 and decoded.redacted is False
+        assert (decoded.request.content_encoding, decoded.request.body_withheld,
+                decoded.response.body_digest) == ("", None, None)
+    else:
+        assert decoded["v"] == 1 and "redacted" not in decoded
+
+
+def test_shrink_cuts_the_larger_body_until_the_record_fits():
+    record = make_record()
+    record.request.body = "a" * 50_000
+    record.response.body = "b" * 10_000
+    data = shrink(record, 20_000)
+    assert len(data) <= 20_000
+    again = decode(data)
+    assert again.request.body_truncated and again.request.body == "a" * len(again.request.body)
+    assert len(encode(record)) == len(data)
+
+
+def test_shrink_keeps_base64_in_whole_quanta_then_withholds_the_longest_headers():
+    record = make_record()
+    record.request.body, record.request.body_encoding = "QUJD" * 10_000, "base64"
+    again = decode(shrink(record, 10_000))
+    assert len(again.request.body) % 4 == 0
+    record = make_record()
+    record.request.headers += [["X-Big", "x" * 30_000], ["X-Bigger", "y" * 40_000],
+                               ["X-Small", "z" * 100]]
+    again = decode(shrink(record, 40_000))
+    headers = dict(map(tuple, again.request.headers))
+    assert headers["X-Bigger"] == "[withheld: 40000 bytes]" and headers["X-Big"] == "x" * 30_000
+    assert headers["X-Small"] == "z" * 100
+    record = make_record()
+    record.request.headers += [[f"X-{i}", "v" * 60] for i in range(1000)]
+    assert len(shrink(record, 10_000)) > 10_000  # names alone: the caller drops it, counted

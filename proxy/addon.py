@@ -6,18 +6,23 @@ by hand: `mitmdump --mode reverse:http://127.0.0.1:5100@5000 --set keep_host_hea
 
 Failure policy: the client's request always wins. A capture that cannot be built or shipped
 is dropped and counted in tapline_proxy_dropped_total{reason}, never silently, and never at
-the cost of an error or a wait for the client.
+the cost of an error or a wait for the client. The record is built (and redacted) after the
+hook has returned, once mitmproxy has handed the answer to the client: redaction is bounded
+(`CAPTURE_REDACT_BUDGET_MS`), but it is never on the client's clock. No log line carries a
+query string, a header value or a body: the logs are not redacted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import re
 
 from mitmproxy import ctx, exceptions, http
 
-from capture import encode
-from capture.redact import DEFAULT_FIELDS, DEFAULT_HEADERS, Redactor
+from capture.record import shrink
+from capture.redact.redactor import Policy, Redactor
 from proxy.exchange import (
     build_record,
     frame_for_http1,
@@ -64,6 +69,7 @@ class CaptureAddon:
             log.error("metrics endpoint %s:%d unavailable: %s",
                       self.settings.metrics_host, self.settings.metrics_port, e)
         quiet_kafka_client_logs()
+        keep_secrets_out_of_logs(self.redactor)
         self.producer.start()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -77,10 +83,18 @@ class CaptureAddon:
         tap_response(flow, self.settings.body_max_bytes)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self.capture(flow)
+        self.capture_soon(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.capture(flow)
+        self.capture_soon(flow)
+
+    def capture_soon(self, flow: http.HTTPFlow) -> None:
+        """Capture the flow once mitmproxy has sent the answer on: it does so right after
+        this hook, before the event loop runs what is scheduled here."""
+        try:
+            asyncio.get_running_loop().call_soon(self.capture, flow)
+        except RuntimeError:  # no loop (hooks called by hand): now
+            self.capture(flow)
 
     async def done(self) -> None:
         if self.producer is not None:
@@ -99,30 +113,58 @@ class CaptureAddon:
         flow.metadata[CAPTURED] = True
         self.metrics.captured.inc()
         try:
-            key, value = self.encode(flow, self.settings.body_max_bytes)
-            # A record over the topic's cap loses body bytes until it fits (the sizes and
-            # truncated flags still tell the truth); one that cannot fit is dropped.
-            cap = self.settings.body_max_bytes
-            while len(value) > self.producer.max_record_bytes and cap > 0:
-                cap //= 4
-                key, value = self.encode(flow, cap)
-        except Exception:
-            log.exception("could not build the capture record of %s", flow.request.url)
+            key, value = self.encode(flow)
+        except Exception as e:
+            # The exception's text and traceback could quote the exchange: only its type.
+            log.error("could not build the capture record of a %s request to %s: %s",
+                      flow.request.method, self.app_of(flow), type(e).__name__)
             self.producer.drop("encode_error")
             return
         self.producer.offer(key, value)
 
-    def encode(self, flow: http.HTTPFlow, body_cap: int) -> tuple[bytes, bytes]:
+    def encode(self, flow: http.HTTPFlow) -> tuple[bytes, bytes]:
         record = build_record(
             flow,
             app=self.app_of(flow),
-            body_cap=body_cap,
+            body_cap=self.settings.body_max_bytes,
             trusted=self.settings.trusted_proxies,
             params_body_max=self.settings.params_body_max_bytes,
+            redactor=self.redactor,
         )
+        # A record over the topic's cap loses body bytes until it fits (the sizes and
+        # truncated flags still tell the truth); one that cannot fit is dropped.
+        return record.client_ip.encode(), shrink(record, self.producer.max_record_bytes)
+
+
+# A query string in a log line: after a path or a host, to the next space or quote.
+_QUERY = re.compile(r"(?<=[\w/])\?[^\s'\"]+")
+
+
+class SecretsOutOfLogs(logging.Filter):
+    """Every log line the proxy writes goes through this: query strings go, and whatever the
+    redactor finds in what is left. mitmproxy's own lines can quote a client's request (a bad
+    request line, a URL in an error), and logs are not where secrets may go either."""
+
+    def __init__(self, redactor: Redactor | None) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = _QUERY.sub("?[query withheld]", message)
         if self.redactor is not None:
-            self.redactor.redact(record)
-        return record.client_ip.encode(), encode(record)
+            scrubbed = self.redactor.scrub(scrubbed)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
+        return True
+
+
+def keep_secrets_out_of_logs(redactor: Redactor | None) -> None:
+    """Put `SecretsOutOfLogs` on every handler of the root logger (mitmdump's terminal log
+    among them), once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretsOutOfLogs) for f in handler.filters):
+            handler.addFilter(SecretsOutOfLogs(redactor))
 
 
 def make_redactor(settings: ProxySettings) -> Redactor | None:
@@ -135,8 +177,17 @@ def make_redactor(settings: ProxySettings) -> Redactor | None:
         key = os.urandom(32)
         log.warning("CAPTURE_REDACT_KEY is not set: using a random key, so credential "
                     "fingerprints change when the proxy restarts")
-    return Redactor(key, headers=DEFAULT_HEADERS + settings.redact_headers,
-                    fields=DEFAULT_FIELDS + settings.redact_fields)
+    return Redactor(key, Policy(
+        unscanned=settings.unscanned_bodies,
+        form_files=settings.form_files,
+        emails=settings.redact_emails,
+        budget_ms=settings.redact_budget_ms,
+        body_max_bytes=settings.body_max_bytes,
+        params_body_max_bytes=settings.params_body_max_bytes,
+        extra_mark=settings.redact_fields,
+        extra_fingerprint=settings.redact_headers,
+        safe=settings.redact_keep_names,
+    ))
 
 
 addons = [CaptureAddon()]

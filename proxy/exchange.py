@@ -1,4 +1,4 @@
-"""From a mitmproxy flow to a capture record: the proxy's pure logic, no I/O.
+"""From a mitmproxy flow to a capture record: the proxy's logic, no I/O.
 
 Kept apart from the addon so that each rule (body cap, client address, parameters) can be
 tested on its own with mitmproxy's test flows.
@@ -18,6 +18,9 @@ from mitmproxy.net.http.http1.read import expected_http_body_size
 
 from capture import CaptureRecord, Request, Response, canonical_ip, encode_body, format_time
 from capture.record import wire_text
+from capture.redact.body import redact_body
+from capture.redact.redactor import Body, BudgetExceeded, Redactor, deadline_after
+from capture.redact.text import Deadline
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -151,13 +154,18 @@ def _plainly_small(message: http.Message, is_request: bool, cap: int) -> bool:
     return length <= cap
 
 
-def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
-    """The body fields of a record: the wire bytes (up to the cap), full size, truncated flag."""
+def wire_body(message: http.Message, tap: BodyTap | None, cap: int) -> tuple[bytes, int]:
+    """The body's bytes on the wire (up to the cap) and its full size."""
     if tap is not None:
-        data, size = bytes(tap.head), tap.size
-    else:
-        raw = message.raw_content or b""
-        data, size = raw[:cap], len(raw)
+        return bytes(tap.head), tap.size
+    raw = message.raw_content or b""
+    return raw[:cap], len(raw)
+
+
+def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
+    """The body fields of a record kept as on the wire (redaction off): the wire bytes (up to
+    the cap), full size, truncated flag."""
+    data, size = wire_body(message, tap, cap)
     text, encoding = encode_body(data)
     return {
         "body": text,
@@ -165,6 +173,26 @@ def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
         "body_size": size,
         "body_truncated": len(data) < size,
     }
+
+
+def redacted_body_of(redactor: Redactor, message: http.Message, tap: BodyTap | None, cap: int,
+                     wanted: dict[bytes, list[bytes]], params: bool,
+                     deadline: Deadline) -> tuple[dict, Body]:
+    """The body fields of a record through the redactor, and what it read of the body."""
+    data, size = wire_body(message, tap, cap)
+    body = redact_body(
+        redactor, data, cut=len(data) < size, content_type=_joined(wanted, b"content-type"),
+        content_encoding=[wire_text(v) for v in wanted.get(b"content-encoding", ())],
+        params=params, deadline=deadline)
+    return {
+        "body": body.text,
+        "body_encoding": body.encoding,
+        "body_size": size,
+        "body_truncated": body.truncated,
+        "content_encoding": body.content_encoding,
+        "body_withheld": body.withheld,
+        "body_digest": body.digest,
+    }, body
 
 
 def parse_networks(spec: str) -> tuple[Network, ...]:
@@ -259,8 +287,10 @@ def build_record(
     body_cap: int,
     trusted: Sequence[Network] = (),
     params_body_max: int = PARAMS_BODY_MAX_BYTES,
+    redactor: Redactor | None = None,
 ) -> CaptureRecord:
-    """The capture record of a finished (or failed) exchange."""
+    """The capture record of a finished (or failed) exchange, redacted by `redactor` (or
+    kept as it was on the wire without one)."""
     request = flow.request
     data = request.data
     peer_ip, peer_port = flow.client_conn.peername[:2]
@@ -268,27 +298,39 @@ def build_record(
     # One pass over the request's headers, for the record and for the few it reads; the
     # framing frame_for_http1 added is the proxy's, not the client's.
     headers, wanted = _headers_and(data.headers.fields, CHUNKED_UPSTREAM in flow.metadata)
-    request_body = body_of(request, flow.metadata.get(REQUEST_TAP), body_cap)
-    complete = (
-        not request_body["body_truncated"]
-        and REQUEST_TAP not in flow.metadata
-        and b"content-encoding" not in wanted
-    )
-    query_text = wire_text(query)
+    tap = flow.metadata.get(REQUEST_TAP)
+    path_text, query_text = wire_text(path), wire_text(query)
+    if redactor is None:
+        request_body = body_of(request, tap, body_cap)
+        complete = (not request_body["body_truncated"] and tap is None
+                    and b"content-encoding" not in wanted)
+        params = parse_params(query_text, _joined(wanted, b"content-type"),
+                              (request.raw_content or b"") if complete else None,
+                              params_body_max)
+    else:
+        # One budget for the whole record (docs/security.md): what is over it is withheld.
+        deadline = deadline_after(redactor.policy.budget_ms / 1000)
+        # Parameters come from the redacted query and body, so the two always agree.
+        try:
+            path_text, query_text, query_pairs = redactor.target(path_text, query_text,
+                                                                 deadline)
+        except BudgetExceeded:
+            path_text, query_text, query_pairs = WITHHELD, WITHHELD if query_text else "", []
+        request_body, read = redacted_body_of(
+            redactor, request, tap, body_cap, wanted,
+            params=tap is None and len(request.raw_content or b"") <= params_body_max,
+            deadline=deadline)
+        params = {"query": query_pairs, "form": read.form, "json": read.json}
+        headers = _redacted_headers(redactor, headers, deadline)
     host = request.authority if request.is_http2 or request.is_http3 else ""
     record_request = Request(
         method=wire_text(data.method),
         scheme=request.scheme,
         host=host or _joined(wanted, b"host") or request.pretty_host,
         port=request.port,
-        path=wire_text(path),
+        path=path_text,
         query=query_text,
-        params=parse_params(
-            query_text,
-            _joined(wanted, b"content-type"),
-            (request.raw_content or b"") if complete else None,
-            params_body_max,
-        ),
+        params=params,
         http_version=data.http_version.decode("ascii", "replace"),
         headers=headers,
         **request_body,
@@ -300,15 +342,27 @@ def build_record(
         # Kept even when the exchange failed half way (client gone mid-response): the status
         # and the bytes that did pass are worth having, next to the error.
         rdata = response.data
+        response_headers, response_wanted = _headers_and(rdata.headers.fields, False)
+        response_tap = flow.metadata.get(RESPONSE_TAP)
+        if redactor is None:
+            response_body = body_of(response, response_tap, body_cap)
+        else:
+            response_body, _ = redacted_body_of(redactor, response, response_tap, body_cap,
+                                                response_wanted, params=False,
+                                                deadline=deadline)
+            response_headers = _redacted_headers(redactor, response_headers, deadline)
         record_response = Response(
             status_code=rdata.status_code,
             reason=wire_text(rdata.reason),
             http_version=rdata.http_version.decode("ascii", "replace"),
-            headers=_headers_and(rdata.headers.fields, False)[0],
-            **body_of(response, flow.metadata.get(RESPONSE_TAP), body_cap),
+            headers=response_headers,
+            **response_body,
         )
         end = rdata.timestamp_end
     error = flow.error.msg if flow.error else None
+    if error and redactor is not None:
+        # mitmproxy's words, which can quote what the client sent (a bad request line)
+        error = redactor.scrub(error)
     if end is None:
         end = flow.error.timestamp if flow.error else time.time()
     start = data.timestamp_start
@@ -324,8 +378,20 @@ def build_record(
         request=record_request,
         response=record_response,
         error=error,
+        redacted=redactor is not None,
     )
 
+
+def _redacted_headers(redactor: Redactor, headers: list[list[str]],
+                      deadline: Deadline) -> list[list[str]]:
+    try:
+        return redactor.headers(headers, deadline)
+    except BudgetExceeded:  # the names stay, the values are withheld
+        return [[name, WITHHELD] for name, _value in headers]
+
+
+# What the record holds where redaction ran out of time: the path, the query, header values.
+WITHHELD = "[withheld: over the redaction budget]"
 
 # The request headers build_record reads, beside listing them all.
 _WANTED = frozenset((b"host", b"content-type", b"content-encoding", b"x-forwarded-for",

@@ -120,6 +120,11 @@ class ProxySettings:
     redact_key: bytes | None
     redact_headers: tuple[str, ...]
     redact_fields: tuple[str, ...]
+    redact_keep_names: tuple[str, ...]
+    redact_emails: bool
+    redact_budget_ms: float
+    unscanned_bodies: str
+    form_files: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
@@ -158,6 +163,11 @@ class ProxySettings:
             redact_key=reader.text("CAPTURE_REDACT_KEY", "").encode() or None,
             redact_headers=_names(reader.text("CAPTURE_REDACT_HEADERS", "")),
             redact_fields=_names(reader.text("CAPTURE_REDACT_FIELDS", "")),
+            redact_keep_names=_names(reader.text("CAPTURE_REDACT_KEEP_NAMES", "")),
+            redact_emails=reader.flag("CAPTURE_REDACT_EMAILS", True),
+            redact_budget_ms=reader.number("CAPTURE_REDACT_BUDGET_MS", 100.0),
+            unscanned_bodies=_choice(reader, "CAPTURE_UNSCANNED_BODIES", ("withhold", "keep")),
+            form_files=_choice(reader, "CAPTURE_FORM_FILES", ("withhold", "keep")),
         )
         if settings.queue_max_bytes < settings.max_record_bytes:
             raise SettingsError(
@@ -165,6 +175,13 @@ class ProxySettings:
                 f"CAPTURE_MAX_RECORD_BYTES ({settings.max_record_bytes})"
             )
         return settings
+
+
+def _choice(reader: EnvReader, name: str, choices: tuple[str, ...]) -> str:
+    value = reader.text(name, choices[0]).lower() or choices[0]
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}: use {' or '.join(choices)}")
+    return value
 
 
 def _names(spec: str) -> tuple[str, ...]:

@@ -66,5 +66,6 @@ def test_no_secret_reaches_topic_database_or_lake(kafka, postgres, s3, bucket, t
         assert secret not in table, f"{secret} in the database"
         assert secret.encode() not in lake_bytes, f"{secret} in the lake"
     # The same credential gives the same fingerprint every time: one principal, two requests.
-    assert principals == [(Redactor(REDACT_KEY).fingerprint("mytoken"), 2)]
-    assert Redactor(REDACT_KEY).fingerprint("token-bob").encode() in topic
+    redactor = Redactor(REDACT_KEY)
+    assert principals == [(redactor.fingerprint("mytoken", "header:authorization"), 2)]
+    assert redactor.fingerprint("token-bob", "field:token").encode() in topic

@@ -1,6 +1,7 @@
 """The addon's hooks, called with mitmproxy's test context; no Kafka is reached here."""
 
 import asyncio
+import logging
 
 import pytest
 from mitmproxy import exceptions, http
@@ -44,6 +45,7 @@ async def test_one_record_per_flow_with_app_from_listener(addon):
     with taddons.context(addon) as tctx:
         await tctx.cycle(addon, make_flow(5000))
         await tctx.cycle(addon, make_flow(5001, status=401))
+        await asyncio.sleep(0)  # the records are built once the hook has returned
     records = queued_records(addon)
     assert [(r.app, r.response.status_code) for r in records] == [("app_a", 200), ("app_b", 401)]
     assert addon.metrics.value("tapline_proxy_captures_total") == 2
@@ -53,8 +55,18 @@ async def test_key_is_the_client_ip(addon):
     flow = make_flow()
     flow.client_conn.peername = ("2001:db8::5", 1234, 0, 0)
     addon.response(flow)
+    await asyncio.sleep(0)
     key, _value, _t = addon.producer._queue[0]
     assert key == b"2001:db8::5"
+
+
+async def test_the_record_is_built_after_the_hook_returns(addon):
+    # mitmproxy sends the answer on right after the response hook; the capture work (record,
+    # redaction, encoding) waits for the event loop's next turn, off the client's clock.
+    addon.response(make_flow())
+    assert len(addon.producer._queue) == 0
+    await asyncio.sleep(0)
+    assert len(addon.producer._queue) == 1
 
 
 def test_error_after_response_is_not_a_second_record(addon):
@@ -133,6 +145,7 @@ async def test_shutdown_without_kafka_counts_every_capture():
         assert m.dropped_total() == 5
         assert m.value("tapline_proxy_kafka_errors_total", error="KafkaConnectionError") >= 1
         addon.response(make_flow())  # after shutdown: dropped, counted
+        await asyncio.sleep(0)
         assert m.value("tapline_proxy_dropped_total", reason="shutdown") == 6
 
 
@@ -159,3 +172,26 @@ def test_http2_request_without_body_reaches_the_app_as_sent(addon):
     flow.request.raw_content = b""  # the stream ended with the headers
     addon.request(flow)
     assert "transfer-encoding" not in flow.request.headers
+
+
+def test_log_lines_lose_query_strings_and_secrets():
+    from capture.redact import Redactor
+    from proxy.addon import SecretsOutOfLogs
+
+    record = logging.LogRecord("mitmproxy", logging.WARNING, __file__, 1,
+                               "bad request %s from %s", ("b'GET /x?token=abc HTTP/1.1'",
+                                                          "Authorization: Bearer t0k3n-value"),
+                               None)
+    assert SecretsOutOfLogs(Redactor(b"k")).filter(record)
+    line = record.getMessage()
+    assert "token=abc" not in line and "t0k3n-value" not in line
+    assert line.startswith("bad request b'GET /x?[query withheld] HTTP/1.1'")
+
+
+def test_an_error_that_quotes_the_client_is_redacted_in_the_record(addon):
+    flow = tflow.tflow(err=True)
+    flow.error = tflow.terr("HTTP/1 protocol error: bad line b'GET /?password=hunter2 HTTP'")
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9@5001")
+    addon.error(flow)
+    (record,) = queued_records(addon)
+    assert "hunter2" not in record.error and "password=" in record.error

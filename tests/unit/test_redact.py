@@ -1,69 +1,124 @@
-"""Redaction: credentials become stable keyed fingerprints, everywhere in a record."""
+"""The redactor: headers, the request target, and fingerprints that are no oracle."""
 
-import orjson
+import pytest
 
-from capture import encode
-from capture.redact import Redactor
-from tests.unit.test_record import make_record
+from capture.redact import MARKER, PREFIX, Policy, Redactor
+from capture.redact.redactor import is_token
 
-SECRETS = ["mytoken", "s3cr3t-cookie", "hunter2", "k-123", "jsonpass", "set-me"]
-
-
-def redacted(**changes):
-    record = make_record(**changes)
-    record.request.headers += [["Cookie", "session=s3cr3t-cookie"], ["X-Api-Key", "k-123"],
-                               ["Content-Type", "application/json"]]
-    record.request.query = "page=2&api_key=k-123&Password=hunter2"
-    record.request.params = {
-        "query": [["page", "2"], ["api_key", "k-123"], ["Password", "hunter2"]],
-        "form": [], "json": [["user", "u"], ["password", "jsonpass"], ["n", 7]]}
-    record.request.body = '{"user": "u", "password": "jsonpass", "nested": {"token": "mytoken"}}'
-    record.response.headers.append(["Set-Cookie", "id=set-me; HttpOnly"])
-    return Redactor(b"key").redact(record)
+R = Redactor(b"test-key")
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N"
 
 
-def test_no_secret_is_left_anywhere_in_the_record():
-    data = encode(redacted())
-    for secret in SECRETS:
-        assert secret.encode() not in data, secret
+def headers(*pairs):
+    return dict(map(tuple, R.headers([list(p) for p in pairs])))
 
 
-def test_what_is_not_secret_stays():
-    record = redacted()
-    assert record.request.params["query"][0] == ["page", "2"]
-    assert record.request.params["json"][0] == ["user", "u"]
-    assert record.request.params["json"][2] == ["n", 7]
-    assert record.request.query.startswith("page=2&api_key=hmac%3A")
-    body = orjson.loads(record.request.body)
-    assert body["user"] == "u" and body["password"].startswith("hmac:")
-    assert body["nested"]["token"].startswith("hmac:")
-    assert ["Content-Type", "application/json"] in record.request.headers
+def test_credential_headers_by_name_keep_their_scheme():
+    out = headers(("Authorization", "Bearer abc.def"), ("Proxy-Authorization", "Basic dTpw"),
+                  ("X-Auth-Token", "t1"), ("Private-Token", "t2"), ("X-Goog-Api-Key", "t3"),
+                  ("api-key", "t4"), ("X-Amz-Security-Token", "t5"), ("X-Password", "t6"))
+    assert out["Authorization"] == "Bearer " + R.fingerprint("abc.def", "header:authorization")
+    assert out["Proxy-Authorization"].startswith("Basic hmac:")
+    for name in ("X-Auth-Token", "Private-Token", "X-Goog-Api-Key", "api-key",
+                 "X-Amz-Security-Token"):
+        assert out[name].startswith(PREFIX), name
+    assert out["X-Password"] == MARKER
 
 
-def test_fingerprints_are_stable_per_key_and_differ_between_keys():
-    one, two, other = Redactor(b"key"), Redactor(b"key"), Redactor(b"another")
-    assert one.fingerprint("mytoken") == two.fingerprint("mytoken")
-    assert one.fingerprint("mytoken") != other.fingerprint("mytoken")
-    assert one.fingerprint("mytoken") != one.fingerprint("mytoken2")
-    assert one.fingerprint("mytoken").startswith("hmac:") and len(one.fingerprint("x")) == 21
-    record = redacted()
-    assert ["Authorization", one.fingerprint("mytoken")] in record.request.headers
+def test_every_cookie_value_goes_and_names_and_attributes_stay():
+    out = headers(("Cookie", "sid=abc; theme=dark; flag"),
+                  ("Set-Cookie", "id=xyz; Path=/; HttpOnly; SameSite=Lax"))
+    names = [part.split("=")[0].strip() for part in out["Cookie"].split(";")]
+    assert names == ["sid", "theme", "hmac:" + out["Cookie"].split("hmac:")[-1]]
+    assert "abc" not in out["Cookie"] and "dark" not in out["Cookie"]
+    assert out["Set-Cookie"].startswith("id=hmac:") and out["Set-Cookie"].endswith(
+        "; Path=/; HttpOnly; SameSite=Lax")
 
 
-def test_form_bodies_and_extra_names():
-    record = make_record()
-    record.request.headers.append(["Content-Type", "application/x-www-form-urlencoded"])
-    record.request.body = "token=mytoken&who=me&pin=1234"
-    redactor = Redactor(b"key", fields=("token", "pin"))
-    redactor.redact(record)
-    assert record.request.body.startswith("token=hmac%3A")
-    assert "who=me" in record.request.body and "1234" not in record.request.body
+def test_url_bearing_headers_and_values_by_shape_under_any_name():
+    out = headers(("Referer", "https://app.test/cb?code=c0de&state=s#access_token=frag"),
+                  ("Location", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=abc123&x=1"),
+                  ("Content-Location", "/reset/8f14e45fceea167a5a36dedd4bea2543"),
+                  ("X-Debug", JWT), ("X-Owner", "bob@example.com"), ("User-Agent", "curl/8"),
+                  ("Link", "<https://api.test/p?page=2&token=t0k>; rel=next"))
+    assert "c0de" not in out["Referer"] and "frag" not in out["Referer"]
+    assert "state=s" in out["Referer"]
+    assert "abc123" not in out["Location"] and "x=1" in out["Location"]
+    assert "8f14e45f" not in out["Content-Location"]
+    assert out["X-Debug"].startswith(PREFIX) and out["X-Owner"] == MARKER
+    assert out["User-Agent"] == "curl/8" and "t0k" not in out["Link"]
 
 
-def test_redacting_twice_changes_nothing_more():
-    redactor = Redactor(b"key")
-    once = encode(redactor.redact(make_record()))
-    again = encode(redactor.redact(make_record()))
-    assert once == again
-    record = redactor.redact(make_record())
-    assert encode(redactor.redact(record)) == once
+def test_look_alike_headers_stay():
+    pairs = [("Keep-Alive", "timeout=5"), ("Author", "me"), ("X-Keyboard", "qwerty"),
+             ("WWW-Authenticate", 'Bearer realm="x"'), ("Idempotency-Key", "k-1")]
+    assert headers(*pairs) == dict(pairs)
+
+
+def test_the_target():
+    path, query, pairs = R.target(
+        f"/files/{JWT}/reset/8f14e45fceea167a5a36dedd4bea2543/a-normal-article-slug-2024",
+        "page=2&api_key=k1&Password=p1&p%61ssw%6Frd=p2&sig=s1&redirect=https%3A%2F%2Fx%2F%3F"
+        "token%3Dt1&q=hello+world")
+    for secret in (JWT, "8f14e45f", "k1", "p1", "p2", "s1", "t1"):
+        assert secret not in path + query + str(pairs), secret
+    assert path.endswith("/a-normal-article-slug-2024")
+    assert query.startswith("page=2&api_key=hmac:") and "q=hello+world" in query
+    assert pairs[0] == ["page", "2"] and pairs[2] == ["Password", MARKER]
+    assert pairs[-1] == ["q", "hello world"]
+
+
+def test_a_plain_target_is_left_as_it_came():
+    assert R.target("/jobs", "page=1&x=%20y") == ("/jobs", "page=1&x=%20y",
+                                                   [["page", "1"], ["x", " y"]])
+
+
+@pytest.mark.parametrize(("segment", "token"), [
+    ("8f14e45fceea167a5a36dedd4bea2543", True),
+    ("9b2f1c1e-3d4a-4b7e-8f6a-2c1d0e9f8a7b", True),
+    ("AbC123dEf456GhI789jKl0", True),
+    ("xJ4kLmN9pQ2rS7tUvW0yZa3bC", True),
+    ("a-normal-article-slug-2024", False),
+    ("ControllerNameForThings", False),
+    ("20261201123000000000", False),
+    ("short1", False),
+    ("hmac:0011223344556677", False),
+])
+def test_is_token(segment, token):
+    assert is_token(segment) is token
+
+
+def test_fingerprints_are_keyed_by_deployment_and_by_field_class():
+    assert R.fingerprint("x", "field:token") == Redactor(b"test-key").fingerprint(
+        "x", "field:token")
+    assert R.fingerprint("x", "field:token") != Redactor(b"other").fingerprint("x",
+                                                                              "field:token")
+    # A guess sent in one field cannot be matched against another field's fingerprints.
+    assert R.fingerprint("guess", "field:token") != R.fingerprint("guess", "header:x-auth-token")
+    assert len(R.fingerprint("x", "c")) == len(PREFIX) + 16
+
+
+def test_password_class_values_have_no_fingerprint_at_all():
+    _, query, _ = R.target("/login", "password=guess1&pin=0000&otp=123456")
+    assert query == "password=[redacted]&pin=[redacted]&otp=[redacted]"
+
+
+def test_values_shaped_like_fingerprints_are_fingerprinted_again():
+    forged = R.fingerprint("victim", "header:authorization")
+    out = headers(("Authorization", forged), ("X-Api-Key", forged))
+    assert out["Authorization"] != forged and out["X-Api-Key"] != forged
+    _, query, _ = R.target("/", f"token={forged}")
+    assert forged not in query
+
+
+def test_scrub_many_maps_hits_back_to_each_string():
+    strings = ["plain", "token=abc", "", "mail bob@example.com", "x\x00password=y"]
+    out = R.scrub_many(strings)
+    assert out[0] == "plain" and out[1].startswith("token=hmac:") and out[2] == ""
+    assert out[3] == "mail " + MARKER and out[4] == "x\x00password=" + MARKER
+    assert R.scrub_many(["nothing", "here"]) is None
+
+
+def test_emails_can_be_kept():
+    keep = Redactor(b"k", Policy(emails=False))
+    assert keep.scrub("write to bob@example.com") == "write to bob@example.com"

@@ -1,0 +1,383 @@
+"""The redactor: headers, the request target and bodies, with the deployment's key: pure.
+
+What it does to each part of an exchange, and why, is in docs/security.md. In short:
+
+- a secret's value becomes `[redacted]` (MARK: passwords, PINs, one-time codes, card numbers,
+  private keys, e-mail addresses) or a keyed fingerprint `hmac:<16 hex>` (FINGERPRINT: tokens,
+  keys, sessions, cookies, Authorization), never anything derived from the value otherwise;
+- fingerprints are HMAC-SHA256 under a key derived from the deployment's key and the class of
+  the field (`header:authorization`, `cookie:sid`, `field:apikey`, `shape:jwt`, `path`), so a
+  guess sent in one field cannot be matched against another field's fingerprints;
+- a value that already looks like a fingerprint is fingerprinted again like any other.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import itertools
+import re
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, unquote_plus
+
+from capture.redact.names import MARK, URL_SECRETS, NameRules, fingerprint_class
+from capture.redact.text import (
+    Deadline,
+    Hit,
+    TextScanner,
+    field_class,
+    percent_unescape,
+    unescaped,
+)
+
+MARKER = "[redacted]"
+PREFIX = "hmac:"
+
+# Headers whose value is a list of cookies: each value goes, the names stay.
+_COOKIE_HEADERS = frozenset(("cookie", "cookie2", "set-cookie", "set-cookie2"))
+# Headers of the form "<scheme> <credentials>": the scheme stays, the credentials go.
+_AUTH_HEADERS = frozenset(("authorization", "proxy-authorization"))
+AUTH_SCHEMES = frozenset((
+    "basic", "bearer", "digest", "negotiate", "ntlm", "token", "apikey", "aws4-hmac-sha256",
+    "hoba", "mutual", "scram-sha-1", "scram-sha-256", "vapid", "dpop", "mac", "oauth", "hawk",
+    "gnap", "privatetoken", "sso-key", "splunk", "key"))
+# Headers that carry a URL, whose path is looked at like the request's own (their query,
+# fragment and user information are found in any header value by the text scanner).
+URL_HEADERS = frozenset((
+    "referer", "location", "content-location", "x-original-url", "x-rewrite-url",
+    "x-original-uri", "x-forwarded-uri", "x-forwarded-prefix", "link", "refresh", "origin",
+    "x-forwarded-path", "x-envoy-original-path"))
+
+MAX_PARAMS = 10_000  # parameters listed per source; the raw text is redacted whatever this says
+
+
+class BudgetExceeded(Exception):
+    """Redaction of one body took longer than the budget allows."""
+
+
+def deadline_after(seconds: float) -> Deadline:
+    """A check that raises BudgetExceeded once `seconds` have passed."""
+    end = time.perf_counter() + seconds
+
+    def check() -> None:
+        if time.perf_counter() > end:
+            raise BudgetExceeded
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the redactor does where the rules leave a choice. Sizes are bytes.
+
+    `unscanned`: "withhold" (default) or "keep" for bodies that cannot be scanned (binary,
+    undecodable, over the budget, nested too deep). `form_files`: "withhold" (default) or
+    "keep" (scanned like a body of their own type) for the file parts of multipart forms.
+    `emails`: False keeps e-mail addresses. `budget_ms`: the most time one body may take.
+    `body_max_bytes`: the most bytes a body is decoded to. `extra_mark`, `extra_fingerprint`:
+    names of the deployment's own to redact; `safe`: names to keep.
+    """
+
+    unscanned: str = "withhold"
+    form_files: str = "withhold"
+    emails: bool = True
+    budget_ms: float = 100.0
+    body_max_bytes: int = 1 << 20
+    params_body_max_bytes: int = 16 << 10
+    extra_mark: tuple[str, ...] = ()
+    extra_fingerprint: tuple[str, ...] = ()
+    safe: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Body:
+    """A message's body as the record keeps it, and the parameters read from it."""
+
+    text: str = ""
+    encoding: str = "utf-8"  # of `text`: "utf-8" (text) or "base64"
+    truncated: bool = False
+    content_encoding: str = ""  # the Content-Encoding that was undone
+    withheld: str | None = None  # why the body is not kept
+    digest: str | None = None  # of the bytes on the wire, when withheld
+    form: list[list[Any]] = field(default_factory=list)
+    json: list[list[Any]] = field(default_factory=list)
+
+
+class Redactor:
+    def __init__(self, key: bytes, policy: Policy | None = None) -> None:
+        self.key = key
+        self.policy = policy or Policy()
+        self.rules = NameRules(extra_mark=self.policy.extra_mark,
+                               extra_fingerprint=self.policy.extra_fingerprint,
+                               safe=self.policy.safe)
+        self.scanner = TextScanner(self.rules, emails=self.policy.emails)
+        self._class_keys: dict[str, bytes] = {}
+        self._fingerprint_cached = functools.lru_cache(maxsize=4096)(self._fingerprint)
+
+    # --- values ---------------------------------------------------------------------------
+
+    def fingerprint(self, value: str | bytes, cls: str) -> str:
+        """`hmac:` and 16 hex digits of HMAC-SHA256 of `value` under the key of `cls`."""
+        if type(value) is str and len(value) <= 256:
+            # The same credentials come back on every request: most fingerprints are repeats.
+            return self._fingerprint_cached(value, cls)
+        return self._fingerprint(value, cls)
+
+    def _fingerprint(self, value: str | bytes, cls: str) -> str:
+        key = self._class_keys.get(cls)
+        if key is None:
+            key = hmac.digest(self.key, b"tapline/fingerprint/v2/" + cls.encode(
+                "utf-8", "surrogatepass"), "sha256")
+            if len(self._class_keys) < 4096:  # classes come from field names: bounded
+                self._class_keys[cls] = key
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogatepass")
+        return PREFIX + hmac.digest(key, value, "sha256")[:8].hex()
+
+    def replacement(self, value: str, action: str, cls: str) -> str:
+        return MARKER if action == MARK else self.fingerprint(value, cls)
+
+    def apply(self, text: str, hits: list[Hit]) -> str:
+        parts = []
+        last = 0
+        for start, end, action, cls in hits:
+            parts.append(text[last:start])
+            parts.append(self.replacement(text[start:end], action, cls))
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
+
+    def scrub(self, text: str, deadline: Deadline | None = None) -> str:
+        """Free text with every secret the scanner finds replaced. Text with escapes that
+        hide secrets (`%40`, `&quot;`, `\\u0070`) comes back decoded, redacted."""
+        families = self.scanner.families(text)
+        if not families:
+            return text
+        if "escapes" in families:
+            view = unescaped(text)
+            if view != text and (hits := self.scanner.hits(view, deadline)):
+                return self.apply(view, hits)
+        hits = self.scanner.hits(text, deadline, families)
+        return self.apply(text, hits) if hits else text
+
+    def scrub_many(self, strings: list[str], deadline: Deadline | None = None
+                   ) -> list[str] | None:
+        """`scrub` of each string, in one scan of them all joined by NUL (spans never cross
+        one); None when nothing was found."""
+        if not strings:
+            return None
+        joined = "\x00".join(strings)
+        families = self.scanner.families(joined)
+        if not families:
+            return None
+        hits = self.scanner.hits(joined, deadline, families)
+        starts = list(itertools.accumulate((len(s) + 1 for s in strings), initial=0))
+        out = list(strings)
+        changed = False
+        by_string: dict[int, list[Hit]] = {}
+        for start, end, action, cls in hits:
+            i = bisect_right(starts, start) - 1
+            base = starts[i]
+            by_string.setdefault(i, []).append(
+                (start - base, min(end, starts[i + 1] - 1) - base, action, cls))
+        if "escapes" in families:  # the strings with escapes, each scanned decoded as well
+            for i in {bisect_right(starts, m.start()) - 1
+                      for m in self.scanner.escapes_in(joined)}:
+                scrubbed = self.scrub(strings[i], deadline)
+                if scrubbed != strings[i]:
+                    out[i] = scrubbed
+                    changed = True
+                    by_string.pop(i, None)
+        for i, found in by_string.items():
+            out[i] = self.apply(strings[i], found)
+            changed = True
+        return out if changed else None
+
+    # --- headers --------------------------------------------------------------------------
+
+    def headers(self, headers: list[list[str]], deadline: Deadline | None = None
+                ) -> list[list[str]]:
+        """Headers with secrets' values replaced: credential headers by name, cookies each,
+        anything else by what the text scanner finds in it."""
+        out = []
+        plain = []
+        classify = self.rules.classify
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in _COOKIE_HEADERS:
+                value = self._cookies(value, lowered.startswith("set-"))
+            elif lowered in _AUTH_HEADERS:
+                value = self._authorization(value, "header:" + lowered)
+            elif action := classify(name):
+                value = self.replacement(value, action, "header:" + fingerprint_class(name))
+            else:
+                plain.append(len(out))
+            out.append([name, value])
+        if plain:
+            values = [out[i][1] for i in plain]
+            scrubbed = self.scrub_many(values, deadline)
+            if scrubbed is not None:
+                for i, value in zip(plain, scrubbed, strict=True):
+                    out[i][1] = value
+            for i in plain:
+                if out[i][0].lower() in URL_HEADERS:
+                    out[i][1] = self._url_paths(out[i][1])
+        return out
+
+    def _authorization(self, value: str, cls: str) -> str:
+        scheme, sep, credentials = value.strip().partition(" ")
+        if sep and scheme.lower() in AUTH_SCHEMES and credentials.strip():
+            return f"{scheme} {self.fingerprint(credentials.strip(), cls)}"
+        return self.fingerprint(value, cls)
+
+    def _cookies(self, value: str, set_cookie: bool) -> str:
+        if set_cookie:
+            # Cookies folded into one line (`a=1; Path=/, b=2`) each; after a cookie come
+            # attributes (Path, Expires, ...), kept but scanned like any text.
+            out = []
+            for one in _FOLDED.split(value):
+                first, sep, attributes = one.partition(";")
+                out.append(self._cookie(first) + sep + self.scrub(attributes))
+            return ", ".join(out)
+        return ";".join(self._cookie(part) for part in value.split(";"))
+
+    def _cookie(self, part: str) -> str:
+        name, eq, value = part.partition("=")
+        if not eq:
+            return self.fingerprint(part.strip(), "cookie:") if part.strip() else part
+        if not value.strip():
+            return part
+        return f"{name}={self.fingerprint(value.strip(), 'cookie:' + name.strip())}"
+
+    def _url_paths(self, value: str) -> str:
+        """The path segments of the URLs in a header value that are tokens by their shape."""
+        value = _URL_PATH.sub(lambda m: m.group(1) + self._path_tokens(m.group(2)), value)
+        return _RELATIVE_PATH.sub(lambda m: self._path_tokens(m.group()), value, count=1)
+
+    # --- the request target ---------------------------------------------------------------
+
+    def path(self, path: str, deadline: Deadline | None = None) -> str:
+        """A URL path with whatever the text scanner finds (tokens by shape, matrix
+        parameters, e-mail addresses) replaced, then segments that are high-entropy tokens
+        fingerprinted. One pass each: what one put in, the other does not look at again."""
+        return self._path_tokens(self.scrub(path, deadline))
+
+    def _path_tokens(self, path: str) -> str:
+        changed = False
+        segments = path.split("/")
+        for i, segment in enumerate(segments):
+            if len(segment) < 16:
+                continue
+            decoded = unquote(segment) if "%" in segment else segment
+            if is_token(decoded):
+                segments[i] = self.fingerprint(decoded, "path")
+                changed = True
+        return "/".join(segments) if changed else path
+
+    def target(self, path: str, query: str, deadline: Deadline | None = None
+               ) -> tuple[str, str, list[list[str]]]:
+        """The request's path and query string redacted, and the query's parameters."""
+        query, pairs = self.pairs(query, deadline)
+        return self.path(path, deadline), query, pairs
+
+    def pairs(self, text: str, deadline: Deadline | None = None
+              ) -> tuple[str, list[list[str]]]:
+        """An urlencoded query or form redacted (each pair by its name, values also by what
+        the scanner finds in them), and its pairs as they now read, at most MAX_PARAMS."""
+        if not text:
+            return text, []
+        # "+" is a space once decoded: a card number sent as 4111+1111+... is one then.
+        if not self.scanner.may_hold(text.replace("+", " ") if "+" in text else text):
+            return text, plain_pairs(text)
+        classify = self.rules.classify
+        parts = text.split("&")
+        names: list[str] = []
+        values: list[str] = []
+        redo: list[int] = []  # parts whose value the scanner looks at
+        for i, part in enumerate(parts):
+            if deadline and not i % 1024:
+                deadline()
+            raw_name, eq, raw_value = part.partition("=")
+            name = raw_name
+            if "%" in raw_name or "+" in raw_name:  # double encoding too (p%2561ssword)
+                name = unquote_plus(raw_name)
+                name = percent_unescape(name) if "%" in name else name
+            value = unquote_plus(raw_value) if "%" in raw_value or "+" in raw_value \
+                else raw_value
+            names.append(name)
+            values.append(value)
+            action = (classify(name) or (MARK if name.lower() in URL_SECRETS else None)) \
+                if eq else None
+            if action is not None:
+                if value:
+                    values[i] = self.replacement(value, action, field_class(name))
+                    parts[i] = f"{raw_name}={quote(values[i], safe=_SAFE)}"
+            elif part:
+                redo.append(i)
+        if redo:
+            # Names too (a token sent as a bare `?eyJ...`), then the values.
+            looked = [names[i] for i in redo] + [values[i] for i in redo]
+            scrubbed = self.scrub_many(looked, deadline)
+            if scrubbed is not None:
+                n = len(redo)
+                for j, i in enumerate(redo):
+                    name, value = scrubbed[j], scrubbed[n + j]
+                    if name != names[i] or value != values[i]:
+                        names[i], values[i] = name, value
+                        raw_name, eq, _ = parts[i].partition("=")
+                        if name != unquote_plus(raw_name):
+                            raw_name = quote(name, safe=_SAFE)
+                        parts[i] = f"{raw_name}{eq}{quote(value, safe=_SAFE)}" if eq \
+                            else raw_name
+                text = "&".join(parts)
+            else:
+                text = "&".join(parts)
+        else:
+            text = "&".join(parts)
+        pairs = [[n, v] for n, v, p in zip(names, values, parts, strict=True) if p]
+        return text, pairs[:MAX_PARAMS]
+
+
+_SAFE = ":[]"  # left as they are in a replaced value: fingerprints and markers stay readable
+_URL_PATH = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/\s?#<>\"']*+)(/[^\s?#<>\"']*+)")
+_RELATIVE_PATH = re.compile(r"(?<![^\s<=])/(?!/)[^\s?#<>\"']*+")  # "/a/b", "<...>", "url=/x"
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+=/]++")
+_BASE32 = re.compile(r"[A-Z2-7]{24,}+=*+")
+# Set-Cookie lines folded into one: a comma, then the next cookie's name and "=" (not the
+# comma inside an Expires date).
+_FOLDED = re.compile(r",[ \t]*+(?=[!#$%&'*+\-.^_`|~0-9A-Za-z]++=)")
+
+
+def is_token(segment: str) -> bool:
+    """A path segment that reads as a random token: 20 characters or more of a token's
+    alphabet, with letters and digits (or both cases) that change class often, unlike words,
+    slugs and numbers (`my-article-2024`, `ControllerName`, `20261201`)."""
+    if len(segment) < 20 or not _TOKEN_CHARS.fullmatch(segment):
+        return False
+    if _BASE32.fullmatch(segment) and any(c.isdigit() for c in segment):
+        return True  # base32 (TOTP seeds, some invite codes): upper case and 2-7
+    kinds = [0 if c.isdigit() else 1 if c.islower() else 2 for c in segment if c.isalnum()]
+    if len(kinds) < 16:
+        return False
+    changes = sum(1 for a, b in itertools.pairwise(kinds) if a != b) / len(kinds)
+    has = set(kinds)
+    if 0 in has and (1 in has or 2 in has):
+        return changes >= 0.3
+    return 1 in has and 2 in has and len(kinds) >= 24 and changes >= 0.45
+
+
+def plain_pairs(text: str) -> list[list[str]]:
+    """The pairs of an urlencoded text, as parse_qsl gives them (blank values kept)."""
+    out = []
+    for part in text.split("&", MAX_PARAMS)[:MAX_PARAMS]:
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        out.append([name, value])
+    return out
+

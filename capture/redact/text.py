@@ -1,0 +1,652 @@
+"""Secrets in free text, found in time linear in its length: pure.
+
+`TextScanner.hits(text)` returns the spans to replace, each with what to put there:
+
+- values by shape, whatever surrounds them: PEM private keys (to their END line, or to the end
+  of the text when it was cut), JWTs, tokens with well-known prefixes (cloud, SCM and SaaS
+  keys), `Bearer`/`Basic` credentials, a URL's user information, `curl -u user:password`,
+  e-mail addresses and Luhn-valid card numbers;
+- `name=value`, `name: value`, `"name": "value"`, `--name=value` pairs whose name is a
+  secret's (`capture.redact.names`), as in logs, config files (YAML block values too), query
+  strings, command lines, JSON in a string;
+- markup: the text of elements with a secret's name (`<wsse:Password>`, `<token>`) or with a
+  `name`/`key` attribute that names one (`<property name="password">`), the element after a
+  `<key>`/`<name>` that names one (plist, XML-RPC), and the `value`/`content` of tags whose
+  `name`/`id`/`key`/`property` names one (`<input name="csrf_token" value="...">`).
+
+Every pattern is written to run in linear time on Python's `re`: possessive quantifiers,
+literal or single-class starts the engine skips to quickly, look-behinds after them, no nested
+ambiguity, and every scan that could restart from many places resumes after the last span.
+`families` is the quick test first: one RE2 pass (a set of patterns looser than the rules)
+tells which rules can find anything at all; text where none can is let through as it is, and
+only the rules that can run.
+
+Escapes could spell a name or a token without its letters (`\\u0070`, `&#112;`, `&quot;`,
+`%70`, `%40`): text holding them is also scanned decoded (`views`), and where the decoded text
+has secrets, the redacted decoded text is what is kept.
+
+Spans never cross a NUL: callers join many strings with NUL between them and scan them in one
+pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import html
+import re
+from collections.abc import Callable
+from urllib.parse import unquote
+
+import re2
+
+from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS, NameRules, fingerprint_class
+
+# A hit: (start, end, action, fingerprint class). Tuples, not objects: there can be many.
+Hit = tuple[int, int, str, str]
+
+Deadline = Callable[[], None]  # raises BudgetExceeded when the time is up
+
+# Literals that start a token of a known shape (lower case; the test is case-insensitive).
+SHAPE_LITERALS = (
+    "-----begin", "eyj", "eya", "ewo", "akia", "asia", "abia", "acca", "agpa", "aida", "aipa",
+    "anpa", "anva", "apka", "aroa", "asca", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+    "github_pat_", "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "gloas-", "glimt-", "glft-",
+    "glsoat-", "glagent-", "glsa_", "glc_", "xox", "xapp-", "sk_", "rk_", "pk_", "whsec_",
+    "aiza", "ya29.", "1//", "sk-", "sg.", "npm_", "pypi-", "hf_", "dapi", "atatt3", "sq0",
+    "lin_api_", "pmak-", "shpat_", "shpca_", "shppa_", "shpss_", "doo_v1_", "dop_v1_",
+    "dor_v1_", "hvs.", "hvb.", "hvr.", "age-secret-key-", "nrak-", "dp.", "bearer", "basic",
+    "@", "-u ", "--user",
+)
+# Escapes that could spell a name or a token without its letters showing: JSON's \u, HTML's
+# character references, and percent-encoded letters, digits and URL delimiters.
+_ESCAPES = (r"\\u[0-9a-f]{4}|&#|&[a-z]{2,6};"
+            r"|%(?:[2-7][0-9a-f])")
+
+_SMALL = 512  # below this many characters, Python's re beats RE2's cost per call
+
+
+def _trie(words: list[str]) -> str:
+    """A regex alternation of literal words, factored by their first letters (much faster
+    than a flat alternation on Python's re, which tries every branch at every position)."""
+    groups: dict[str, list[str]] = {}
+    for word in words:
+        groups.setdefault(word[0], []).append(word[1:])
+    alternatives = []
+    for first, rests in sorted(groups.items()):
+        if "" in rests:  # the shorter word already matches whatever follows
+            alternatives.append(re.escape(first))
+        elif len(rests) == 1:
+            alternatives.append(re.escape(first) + re.escape(rests[0]))
+        else:
+            alternatives.append(re.escape(first) + "(?:" + _trie(rests) + ")")
+    return "|".join(alternatives)
+
+
+# --- values by shape --------------------------------------------------------------------
+
+_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,64}+)-----")
+_JWT = re.compile(r"e(?<![A-Za-z0-9_\-]e)(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}+\.[A-Za-z0-9_\-]{4,}+\."
+                  r"[A-Za-z0-9_\-]*+(?:\.[A-Za-z0-9_\-]*+){0,2}+")
+_KEYS = [re.compile(p) for p in (
+    r"A(?<![A-Za-z0-9]A)(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)"
+    r"[A-Z0-9]{16}(?![A-Za-z0-9])",
+    r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{30,}+|ithub_pat_[A-Za-z0-9_]{22,}+"
+    r"|l(?:pat|dt|rt|ptt|cbt|oas|imt|ft|soat|agent)-[A-Za-z0-9_\-]{20,}+"
+    r"|l(?:sa|c)_[A-Za-z0-9_=+/\-]{20,}+)",
+    r"x(?<![A-Za-z0-9_]x)(?:ox[abposre]|app)-[A-Za-z0-9\-]{10,}+",
+    r"[srpw](?<![A-Za-z0-9_][srpw])(?:[skr]_(?:live|test)_[A-Za-z0-9]{10,}+"
+    r"|hsec_[A-Za-z0-9]{20,}+)",
+    r"[Ay1](?<![A-Za-z0-9_\-][Ay1])(?:Iza[0-9A-Za-z_\-]{30,}+|a29\.[0-9A-Za-z_\-]{20,}+"
+    r"|//[0-9A-Za-z_\-]{30,}+)",
+    r"sk-(?<![A-Za-z0-9_\-]sk-)[A-Za-z0-9_\-]{20,}+",
+    r"SG\.(?<![A-Za-z0-9_\-]SG\.)[A-Za-z0-9_\-]{16,}+\.[A-Za-z0-9_\-]{16,}+",
+    *(rf"{p}(?<![A-Za-z0-9_\-]{p}){rest}" for p, rest in (
+        (r"npm_", r"[A-Za-z0-9]{36}"), (r"pypi-", r"AgE[A-Za-z0-9_\-]{50,}+"),
+        (r"hf_", r"[A-Za-z0-9]{30,}+"), (r"dapi", r"[a-f0-9]{32}"),
+        (r"ATATT3", r"[A-Za-z0-9_=\-]{20,}+"), (r"sq0", r"(?:atp|csp)-[A-Za-z0-9_\-]{22,}+"),
+        (r"lin_api_", r"[A-Za-z0-9]{40}"), (r"PMAK-", r"[a-f0-9]{24}-[a-f0-9]{34}"),
+        (r"shp", r"(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"), (r"do", r"[opr]_v1_[a-f0-9]{64}"),
+        (r"hv", r"[sbr]\.[A-Za-z0-9_\-]{20,}+"), (r"AGE-", r"SECRET-KEY-1[0-9A-Z]{58}"),
+        (r"NRAK-", r"[A-Z0-9]{27}"), (r"dp\.", r"(?:pt|st|sa|ct)\.[A-Za-z0-9]{40,}+"))),
+)]
+# Whether a text holds any of the prefixes above (RE2, case as written).
+_KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]"
+             "|gh[pousr]_|github_pat_|gl(?:pat|dt|rt|ptt|cbt|oas|imt|ft|soat|agent)-|gl(?:sa|c)_"
+             "|xox[abposre]-|xapp-|[skr]k_(?:live|test)_|whsec_|AIza|ya29\\.|1//|sk-|SG\\."
+             "|npm_|pypi-|hf_|dapi|ATATT3|sq0|lin_api_|PMAK-|shp(?:at|ca|pa|ss)_|do[opr]_v1_"
+             "|hv[sbr]\\.|AGE-SECRET|NRAK-|dp\\.")
+_USERINFO = re.compile(r"://([^\x00\s/?#@<>\"']++)@")
+_BEARER = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])earer[ \t]++([A-Za-z0-9._~+/\-]{8,}+=*+)")
+_BASIC = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])asic[ \t]++([A-Za-z0-9+/]{8,}+=*+)")
+_CURL_USER = re.compile(r"-(?<![^\s\x00]-)(?:u|-user)[ \t=]++[^\s\x00:\"']++:([^\s\x00\"']++)")
+_EMAIL = re.compile(r"@([\w\-]++(?:\.[\w\-]++)++)")
+_LOCAL_PART = re.compile(r"[\w.%+\-]{1,64}+")
+# A run of digits with single separators between them (a card is looked for in each).
+# Runs are taken 200 characters at a time, the next piece starting a card's length back.
+_RUN_PIECE = 200
+_DIGITS = re.compile(rf"[2-6](?<![0-9][2-6])[0-9](?:[ .+\-]?[0-9]){{11,{_RUN_PIECE // 2}}}+")
+_SEPARATOR = re.compile(r"[ .+\-]")
+# The same without look-arounds, for RE2: whether a text has any candidate at all.
+_CARD_GATE = r"[2-6][0-9](?:[ .+\-]?[0-9]){11}"
+
+# --- name = value ------------------------------------------------------------------------
+
+_NAME_SEP = re.compile(
+    r"(?<![A-Za-z0-9_.%\-])-{0,2}+([A-Za-z_%][A-Za-z0-9_.%\-]*+)(?:\\?[\"']|\]){0,2}+"
+    r"[ \t]*+(?::=|=>|[:=])(?![=/])[ \t]*+")
+_QUOTED_NAME = re.compile(r'"([^"\\\x00\r\n]{1,256}+)"[ \t]*+:[ \t]*+')
+# A name and its value as the arguments of a call: setItem("token", "..."), ["pin", "1234"].
+_CALL_PAIR = re.compile(r"""["']([^"'\\\x00\r\n]{1,128}+)["'][ \t]*+,[ \t]*+(?=["'])""")
+# Header lines in text whose whole value is credentials, to the end of the line.
+_WHOLE_LINE = frozenset(("cookie", "set-cookie", "authorization", "proxy-authorization"))
+_QUOTED = {
+    '"': re.compile(r'"((?:[^"\\\x00\r\n]|\\[^\x00])*+)"?'),
+    "'": re.compile(r"'((?:[^'\\\x00\r\n]|\\[^\x00])*+)'?"),
+}
+# A bare value is a word, and the words after it on the line that hold no separator of their
+# own ("password: correct horse battery", but "pw=abc user=bob" stops at "user=bob").
+_BARE_MAX = 1024
+_BARE = re.compile(r"[^\x00\s&\"'<>{}\[\]\\]++"
+                   # "&" belongs to the value unless a pair follows it (a query's next pair)
+                   r"(?:&(?![^\x00\s&=]*+=)[^\x00\s&\"'<>{}\[\]\\]*+)*+"
+                   r"(?:[ \t]++[^\x00\s&\"'<>{}\[\]\\=:]++(?![ \t]*+[=:]))*+")
+_LINE = re.compile(rf"[^\x00\r\n]{{1,{_BARE_MAX}}}+")
+_BLOCK = re.compile(r"[|>][+\-0-9]*+[ \t]*+(?=\r?\n)")  # YAML's block scalar indicators
+_BRACKETS = re.compile(r'[\[\]{}"\\\x00]')
+
+# --- markup ------------------------------------------------------------------------------
+
+_OPEN_TAG = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:\-]*+)([^<>\x00]*+)(>?)")
+_NAMED = re.compile(r"""(?<![\w\-])(?:name|key)[ \t\r\n]*+=[ \t\r\n]*+["']?+([^"'\s<>]*+)""")
+_VALUED_TAG = re.compile(
+    r"<([A-Za-z][A-Za-z0-9_.:\-]*+)[^<>\x00]*?(?<![A-Za-z0-9_\-])(?:value|content)[ \t]*+="
+    r"[^<>\x00]*+>?")
+_KEY_ATTRS = ("name", "id", "key", "property")
+_ATTR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:.\-]*+)[ \t\r\n]*+=[ \t\r\n]*+"
+                   r"(?:\"([^\"]*+)\"|'([^']*+)'|([^\s\"'>]++))")
+_NAME_ELEMENTS = frozenset(("key", "name"))  # plist's <key>, XML-RPC's <name>
+
+ALL_FAMILIES = frozenset(("pairs", "markup", "pem", "jwt", "keys", "userinfo", "auth",
+                          "email", "card"))
+_CARDS_ONLY = frozenset(("card",))
+# Every rule, and a flag: the text has escapes, so it is to be scanned decoded too.
+_ESCAPED = ALL_FAMILIES | {"escapes"}
+_NONE: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=8192)
+def field_class(name: str) -> str:
+    """The fingerprint class of a named field's values, wherever the field is."""
+    return "field:" + fingerprint_class(name)
+
+
+# Each digit doubled, its digits summed (Luhn): 5 -> 10 -> 1.
+_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
+def luhn(digits: str) -> bool:
+    """The Luhn check, in C-level steps: every second digit from the right doubled."""
+    return (sum(map(int, digits[-1::-2])) + sum(map(int, digits[-2::-2].translate(_DOUBLED)))
+            ) % 10 == 0
+
+
+def is_card(candidate: str) -> bool:
+    digits = _SEPARATOR.sub("", candidate)
+    return 13 <= len(digits) <= 19 and luhn(digits)
+
+
+def cards_in(run: str) -> list[tuple[int, int]]:
+    """The card numbers in a run of digits, as (start, end) in `run`. A run without
+    separators is one number (13 to 19 digits); in a run with them a card is whole groups of
+    3 to 6 digits (the last may be shorter), 13 to 19 digits in all, starting at any group:
+    `4111 1111 1111 1111 12/27` and `id 2222 3333 4111 1111 1111 1111` have one each."""
+    if not _SEPARATOR.search(run):
+        return [(0, len(run))] if 13 <= len(run) <= 19 and luhn(run) else []
+    groups = []  # (start, digits)
+    at = 0
+    for part in _SEPARATOR.split(run):
+        groups.append((at, part))
+        at += len(part) + 1
+    found = []
+    i = 0
+    while i < len(groups):
+        total, digits, hit = 0, "", None
+        for j in range(i, len(groups)):
+            group = groups[j][1]
+            total += len(group)
+            digits += group
+            if total > 19 or (len(group) < 3 and j < len(groups) - 1 and total < 13):
+                break
+            if total >= 13 and luhn(digits):
+                hit = j
+                break
+            if not 3 <= len(group) <= 6:
+                break
+        if hit is None:
+            i += 1
+            continue
+        start = groups[i][0]
+        found.append((start, groups[hit][0] + len(groups[hit][1])))
+        i = hit + 1
+    return found
+
+
+class TextScanner:
+    """Finds secrets in text; `emails=False` keeps e-mail addresses."""
+
+    def __init__(self, rules: NameRules, *, emails: bool = True) -> None:
+        self.rules = rules
+        self.emails = emails
+        roots = _trie(sorted({w.lower() for w in rules.roots}))
+        literals = sorted({w.lower() for w in rules.roots + SHAPE_LITERALS if w})
+        self._small = re.compile(_trie(literals) + "|" + _ESCAPES)  # on lower-cased text
+        self._escapes = re.compile("(?i)" + _ESCAPES)
+        # One RE2 pass over a large text tells which rule families can find anything in it;
+        # only those then run, each a pass of Python's re.
+        families = {
+            # A root, then anything up to a separator (looser than the rule: a gate).
+            "pairs": rf"(?i)(?:{roots})[^\s=:&;,<>{{}}\[\]]*\s*(?::=|=>|[:=,])",
+            "markup": rf"(?i)<[^<>]*(?:{roots})",
+            "pem": r"-----BEGIN ",
+            "jwt": r"e(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}\.",
+            "keys": _KEY_GATE,
+            "userinfo": r"://[^\x00\s/?#@<>\"']+@",
+            "auth": r"(?i)(?:bearer|basic)[ \t]+[A-Za-z0-9]|(?:^|\s)(?:-u|--user)[ \t=]+\S+:",
+            "email": r"[\w.%+\-]@\w",
+            "card": _CARD_GATE,
+            "escapes": "(?i)" + _ESCAPES,
+        }
+        self._family_names = list(families)
+        self._set = re2.Set.SearchSet()
+        for pattern in families.values():
+            self._set.Add(pattern.encode())
+        self._set.Compile()
+
+    # --- the quick test --------------------------------------------------------------
+
+    def families(self, text: str, data: bytes | None = None) -> frozenset[str]:
+        """The rule families that can find anything in `text` (all of them where escapes
+        could hide what they look for). `data`, when given, is `text` as UTF-8."""
+        if len(text) < _SMALL:
+            if self._small.search(text.lower()) is None:
+                return _CARDS_ONLY if _DIGITS.search(text) else _NONE
+            return _ESCAPED if self._escapes.search(text) else ALL_FAMILIES
+        found = self._set.Match(data if data is not None else text.encode(
+            "utf-8", "surrogatepass"))
+        if not found:
+            return _NONE
+        names = frozenset(self._family_names[i] for i in found)
+        return _ESCAPED if "escapes" in names else names
+
+    def may_hold(self, text: str, data: bytes | None = None) -> bool:
+        """False when no rule can find anything in `text`: it is let through as it is."""
+        return bool(self.families(text, data))
+
+    def escapes_in(self, text: str):
+        """Where escapes are in `text` (matches of the escape patterns)."""
+        return self._escapes.finditer(text)
+
+    # --- all of it ----------------------------------------------------------------------
+
+    def hits(self, text: str, deadline: Deadline | None = None,
+             families: frozenset[str] | None = None) -> list[Hit]:
+        """Every span of `text` to replace, sorted and not overlapping."""
+        if families is None:
+            families = self.families(text)
+        if not families:
+            return []
+        found: list[Hit] = []
+        if "card" in families:
+            pos = 0
+            n = 0
+            while (m := _DIGITS.search(text, pos)) is not None:
+                n += 1
+                if deadline and not n % 64:
+                    deadline()
+                found += [(m.start() + a, m.start() + b, MARK, "shape:card")
+                          for a, b in cards_in(m.group())]
+                # A run longer than a piece goes on in the next, which starts far enough back
+                # to hold a card cut between the two.
+                pos = m.end() - 24 if m.end() - m.start() >= _RUN_PIECE // 2 + 10 else m.end()
+        if deadline:
+            deadline()
+        found += self._shapes(text, families, deadline or _no_deadline)
+        if deadline:
+            deadline()
+        if "pairs" in families:
+            found += self._pairs(text, deadline)
+        if "markup" in families and "<" in text:
+            found += self._markup(text, deadline)
+        return merge(found)
+
+    def _shapes(self, text: str, families: frozenset[str], deadline: Deadline) -> list[Hit]:
+        found: list[Hit] = []
+        if "pem" in families and "-----BEGIN" in text:
+            covered = 0
+            for m in _PEM.finditer(text):
+                label = m.group(1)
+                if m.start() < covered or ("PRIVATE" not in label and "SECRET" not in label):
+                    continue
+                end = text.find("-----END", m.end())
+                end = len(text) if end < 0 else _line_end(text, end)
+                found.append((m.start(), end, MARK, "shape:private-key"))
+                covered = end
+                if end == len(text):  # no END: the rest goes, there is nothing more to find
+                    break
+        if "jwt" in families:
+            found += [(m.start(), m.end(), FINGERPRINT, "shape:jwt")
+                      for m in _checked(_JWT.finditer(text), deadline)]
+        if "keys" in families:
+            for pattern in _KEYS:
+                found += [(m.start(), m.end(), FINGERPRINT, "shape:key")
+                          for m in _checked(pattern.finditer(text), deadline)]
+        if "userinfo" in families:
+            found += [(m.start(1), m.end(1), MARK, "shape:userinfo")
+                      for m in _checked(_USERINFO.finditer(text), deadline)]
+        if "auth" in families:
+            for m in _checked(_BEARER.finditer(text), deadline):
+                found.append((m.start(1), m.end(1), FINGERPRINT, "shape:bearer"))
+            for m in _checked(_BASIC.finditer(text), deadline):
+                if _is_basic(m.group(1)):
+                    found.append((m.start(1), m.end(1), MARK, "shape:basic"))
+            for m in _checked(_CURL_USER.finditer(text), deadline):
+                found.append((m.start(1), m.end(1), MARK, "shape:userinfo"))
+        if self.emails and "email" in families and "@" in text:
+            for m in _checked(_EMAIL.finditer(text), deadline):
+                domain = m.group(1)
+                tld = domain.rpartition(".")[2]
+                if not (len(domain) <= 253 and 2 <= len(tld) <= 24 and tld.isalpha()):
+                    continue
+                # The local part, read backwards from the "@" (at most 64 characters).
+                local = _LOCAL_PART.match(text[max(0, m.start() - 64):m.start()][::-1])
+                if local is not None:
+                    found.append((m.start() - local.end(), m.end(), MARK, "shape:email"))
+        return found
+
+    def _pairs(self, text: str, deadline: Deadline | None) -> list[Hit]:
+        found: list[Hit] = []
+        classify = self.rules.classify
+        for pattern in (_NAME_SEP, _QUOTED_NAME, _CALL_PAIR):
+            covered = [0]
+            for m in _resuming(pattern, text, covered, deadline):
+                name = m.group(1)
+                if "%" in name:
+                    name = unquote(name)
+                action = classify(name)
+                if action is None:
+                    # `?code=...` in a URL: OAuth's authorization code, and the like.
+                    if not (name.lower() in URL_SECRETS and m.start() and text[m.start() - 1]
+                            in "?&#;" and text[m.end() - 1] == "="):
+                        continue
+                    action = MARK
+                if name.lower() in _WHOLE_LINE:
+                    line = _LINE.match(text, m.end())
+                    span = (m.end(), line.end()) if line else None
+                else:
+                    span = value_span(text, m.end())
+                if span is None:
+                    continue
+                start, end = span
+                found.append((start, end, action, field_class(name)))
+                covered[0] = end  # names inside the value go with it
+        return found
+
+    def _markup(self, text: str, deadline: Deadline | None) -> list[Hit]:
+        """Elements named as secrets, or keyed by a name or key attribute that is one, and
+        the element after a <key>/<name> element that names one: their text, to the closing
+        tag (or the end of the text). One pass over the tags, resuming after each span."""
+        found: list[Hit] = []
+        classify = self.rules.classify
+        covered = [0]
+        value_next = None  # (action, class) for the element after a <key>password</key>
+        for m in _resuming(_OPEN_TAG, text, covered, deadline):
+            qname, attrs, closed = m.group(1), m.group(2), m.group(3)
+            local = qname.rpartition(":")[2]
+            if value_next is not None and local.lower() not in _NAME_ELEMENTS \
+                    and local.lower() not in ("dict", "member", "struct", "entry"):
+                action, cls = value_next
+                value_next = None
+                end = self._element_end(text, qname, m.end())
+                if end > m.end() and not attrs.endswith("/"):
+                    found.append((m.end(), end, action, cls))
+                    covered[0] = end
+                continue
+            if local.lower() in _NAME_ELEMENTS:  # <key>password</key>: names the next one
+                if closed:
+                    close = text.find("<", m.end())
+                    inner = text[m.end(): close if close >= 0 else len(text)].strip()
+                    if (inner_action := classify(inner)) is not None:
+                        value_next = (inner_action, field_class(inner))
+                continue
+            action = classify(local)
+            cls = field_class(local)
+            if action is None and attrs:
+                named = _NAMED.search(attrs)
+                if named and (action := classify(named.group(1))):
+                    cls = field_class(named.group(1))
+            if action is None:
+                continue
+            if attrs.endswith("/") or not closed:
+                continue  # no content (its attributes are the pairs' and the tags' rule)
+            end = self._element_end(text, qname, m.end())
+            if end > m.end():
+                found.append((m.end(), end, action, cls))
+                covered[0] = end
+        small = self._small
+        for n, m in enumerate(_VALUED_TAG.finditer(text)):
+            if deadline and not n % 256:
+                deadline()
+            if small.search(m.group().lower()) is not None:
+                found += self._tag_values(m.start(), m.group(), m.group(1))
+        return found
+
+    @staticmethod
+    def _element_end(text: str, qname: str, at: int) -> int:
+        """Where the content of an element that opened before `at` ends: its closing tag,
+        the NUL that ends the string, or the end of the text."""
+        end = text.find("</" + qname, at)
+        end = len(text) if end < 0 else end
+        nul = text.find("\x00", at, end)
+        return nul if nul >= 0 else end
+
+    def _tag_values(self, offset: int, tag: str, element: str) -> list[Hit]:
+        """The value/content attributes of a tag whose own name or name/id/key/property
+        attribute names a secret, or of an `<input type="password">`."""
+        attrs = {}
+        for a in _ATTR.finditer(tag):
+            group = 2 if a.group(2) is not None else 3 if a.group(3) is not None else 4
+            attrs[a.group(1).lower()] = (a.start(group), a.end(group), a.group(group))
+        names = [element.rpartition(":")[2]] + [attrs[k][2] for k in _KEY_ATTRS if k in attrs]
+        action = name = None
+        for name in names:
+            if action := self.rules.classify(name):
+                break
+        if action is None and "type" in attrs and attrs["type"][2].lower() == "password":
+            action, name = MARK, "password"
+        if action is None:
+            return []
+        cls = field_class(name)
+        return [(offset + attrs[k][0], offset + attrs[k][1], action, cls)
+                for k in ("value", "content") if k in attrs and attrs[k][1] > attrs[k][0]]
+
+
+def _no_deadline() -> None:
+    pass
+
+
+def _checked(matches, deadline: Deadline, every: int = 256):
+    """The matches, with the deadline looked at every `every` of them."""
+    for n, m in enumerate(matches):
+        if not n % every:
+            deadline()
+        yield m
+
+
+def _resuming(pattern: re.Pattern, text: str, covered: list[int], deadline: Deadline | None):
+    """The matches of `pattern`, each searched for from the end of what is covered so far
+    (`covered[0]`, which the caller moves on): a covered stretch is skipped in one step."""
+    pos = 0
+    n = 0
+    while (m := pattern.search(text, max(pos, covered[0]))) is not None:
+        n += 1
+        if deadline and not n % 256:
+            deadline()
+        pos = m.end() if m.end() > m.start() else m.start() + 1
+        yield m
+
+
+def value_span(text: str, at: int) -> tuple[int, int] | None:
+    """Where the value that starts at `at` ends: a quoted string (to its closing quote, or
+    the end of the line when it has none; GraphQL's triple quotes to theirs), a balanced
+    {...} or [...], a YAML block (the lines indented under it), or a bare value. None when
+    there is no value."""
+    if at >= len(text):
+        return None
+    first = text[at]
+    if first in _QUOTED:
+        if text.startswith('"""', at):
+            end = text.find('"""', at + 3)
+            end = _nul_or(text, at + 3, len(text) if end < 0 else end)
+            return (at + 3, end) if end > at + 3 else None
+        m = _QUOTED[first].match(text, at)
+        return (m.start(1), m.end(1)) if m.end(1) > m.start(1) else None
+    if first == "\\" and text.startswith(('\\"', "\\'"), at):
+        quote = text[at:at + 2]
+        end = text.find(quote, at + 2)
+        end = _nul_or(text, at + 2, len(text) if end < 0 else end)
+        return (at + 2, end) if end > at + 2 else None
+    if first in "{[":
+        return at, _balanced_end(text, at)
+    if first in "|>" and (block := _BLOCK.match(text, at)):
+        return at, _block_end(text, at, block.end())
+    m = _BARE.match(text, at, min(len(text), at + _BARE_MAX))
+    return (at, m.end()) if m else None
+
+
+def _nul_or(text: str, start: int, end: int) -> int:
+    nul = text.find("\x00", start, end)
+    return nul if nul >= 0 else end
+
+
+def _block_end(text: str, name_at: int, at: int) -> int:
+    """The end of a YAML block value: the lines after `at` indented deeper than the line of
+    its name (or blank)."""
+    line_start = text.rfind("\n", 0, name_at) + 1
+    indent = len(text[line_start:name_at]) - len(text[line_start:name_at].lstrip(" "))
+    end = at
+    pos = at
+    while pos < len(text) and text[pos] in "\r\n":
+        nl = text.find("\n", pos + 1)
+        line = text[pos + 1: len(text) if nl < 0 else nl]
+        if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
+            break
+        end = len(text) if nl < 0 else nl
+        pos = end
+        if nl < 0 or "\x00" in line:
+            break
+    return _nul_or(text, at, end)
+
+
+def _balanced_end(text: str, at: int) -> int:
+    """The end of the bracketed value that starts at `at` (or of the text, or the NUL that
+    ends the string it is in), with JSON's strings and escapes respected."""
+    depth = 0
+    in_string = False
+    skip = -1
+    for m in _BRACKETS.finditer(text, at):
+        pos, ch = m.start(), m.group()
+        if ch == "\x00":
+            return pos
+        if pos == skip:
+            continue
+        if in_string:
+            if ch == "\\":
+                skip = pos + 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return len(text)
+
+
+def _line_end(text: str, at: int) -> int:
+    """The end of the PEM END line that starts at `at`: after its closing dashes."""
+    close = text.find("-----", at + 8)
+    return len(text) if close < 0 else close + 5
+
+
+def _is_basic(value: str) -> bool:
+    try:
+        return b":" in base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+
+
+def merge(hits: list[Hit]) -> list[Hit]:
+    """Sorted by start, overlaps folded into the first span (a MARK wins over a fingerprint:
+    the stronger treatment)."""
+    if len(hits) < 2:
+        return hits
+    hits.sort()
+    out = [hits[0]]
+    for hit in hits[1:]:
+        last = out[-1]
+        if hit[0] < last[1]:
+            action = MARK if MARK in (last[2], hit[2]) else last[2]
+            out[-1] = (last[0], max(last[1], hit[1]), action, last[3])
+        else:
+            out.append(hit)
+    return out
+
+
+# --- escapes ---------------------------------------------------------------------------------
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _json_unescape(text: str) -> str:
+    return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def percent_unescape(text: str) -> str:
+    for _ in range(3):  # double and triple encoding too
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+VIEWS: tuple[Callable[[str], str], ...] = (html.unescape, percent_unescape, _json_unescape)
+
+
+def unescaped(text: str) -> str:
+    """`text` with JSON, HTML and percent escapes undone (each once, percent three times)."""
+    for view in VIEWS:
+        text = view(text)
+    return text
+
+
+# --- the tail of a cut text --------------------------------------------------------------------
+
+_DELIMITER = re.compile(r"[\s\"'<>,;&=:{}\[\]()]")
+_TAIL_WINDOW = 4096  # no token of a known shape is longer (PEM blocks are cut on their own)
+
+
+def cut_tail(text: str) -> str:
+    """A text cut at the cap without its last, possibly partial, token: whatever follows
+    the last delimiter could be the first characters of a secret. Looks at most at the
+    last 4 KiB; a window without any delimiter goes as a whole."""
+    start = max(0, len(text) - _TAIL_WINDOW)
+    end = None
+    for m in _DELIMITER.finditer(text, start):
+        end = m.end()
+    return text[:end] if end is not None else text[:start]

@@ -1,0 +1,266 @@
+"""Bodies through the redactor: decoded within bounds, read by structure, or withheld."""
+
+import base64
+import gzip
+import zlib
+
+import brotlicffi
+import orjson
+import pytest
+import zstandard
+
+from capture.redact import MARKER, Policy, Redactor, redact_body
+from capture.redact import decode as dec
+
+R = Redactor(b"test-key")
+SECRET = "s3cr3t-Value-99"
+
+
+def body(data: bytes, content_type: str = "", encoding=(), *, cut=False, redactor=R,
+         params=True):
+    return redact_body(redactor, data, cut=cut, content_type=content_type,
+                       content_encoding=list(encoding), params=params)
+
+
+def raw(b) -> bytes:
+    return base64.b64decode(b.text) if b.encoding == "base64" else b.text.encode()
+
+
+# --- content codings -------------------------------------------------------------------------
+
+COMPRESS = {
+    "gzip": lambda d: gzip.compress(d, mtime=0),
+    "x-gzip": lambda d: gzip.compress(d, mtime=0),
+    "deflate": zlib.compress,
+    "br": brotlicffi.compress,
+    "zstd": lambda d: zstandard.ZstdCompressor().compress(d),
+}
+
+
+@pytest.mark.parametrize("coding", sorted(COMPRESS))
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded",
+                                          "text/plain"])
+def test_every_coding_is_undone_before_the_scan(coding, content_type):
+    data = (b'{"password": "%s"}' if "json" in content_type else b"a=1&password=%s") \
+        % SECRET.encode()
+    b = body(COMPRESS[coding](data), content_type, [coding])
+    assert SECRET not in b.text and MARKER in b.text
+    assert b.content_encoding == coding and b.withheld is None
+
+
+def test_raw_deflate_gzip_members_and_stacked_codings():
+    raw_deflate = zlib.compressobj(wbits=-15)
+    data = raw_deflate.compress(b"token=" + SECRET.encode()) + raw_deflate.flush()
+    assert SECRET not in body(data, "text/plain", ["deflate"]).text
+    two = gzip.compress(b"x=1&", mtime=0) + gzip.compress(b"password=" + SECRET.encode(), mtime=0)
+    assert body(two, "text/plain", ["gzip"]).text == "x=1&password=" + MARKER
+    stacked = gzip.compress(zlib.compress(b"secret=" + SECRET.encode()), mtime=0)
+    b = body(stacked, "text/plain", ["deflate, gzip"])
+    assert SECRET not in b.text and b.content_encoding == "deflate, gzip"
+
+
+BOMBS = {  # the fastest settings: the output is what matters
+    "gzip": lambda d: gzip.compress(d, compresslevel=1, mtime=0),
+    "deflate": lambda d: zlib.compress(d, 1),
+    "br": lambda d: brotlicffi.compress(d, quality=0),
+    "zstd": lambda d: zstandard.ZstdCompressor(level=1).compress(d),
+}
+
+
+@pytest.mark.parametrize("coding", sorted(BOMBS))
+def test_a_decompression_bomb_stops_at_the_cap(coding):
+    bomb = BOMBS[coding](b"A" * (64 << 20))
+    small = Redactor(b"k", Policy(body_max_bytes=1 << 20))
+    b = body(bomb, "text/plain", [coding], redactor=small)
+    assert b.truncated and len(b.text) <= 1 << 20 and b.withheld is None
+
+
+def test_a_compressed_body_cut_at_the_cap_is_decoded_as_far_as_it_goes():
+    data = gzip.compress(("&".join(f"x{i}={i * 7919 % 10007}" for i in range(3000))
+                          + "&password=" + SECRET).encode(), mtime=0)
+    b = body(data[: len(data) // 2], "text/plain", ["gzip"], cut=True)
+    assert b.truncated and b.text.startswith("x0=0&x1=7919&") and SECRET not in b.text
+
+
+def test_corrupt_or_unknown_coding_is_withheld_with_a_digest():
+    for coding, data in (("gzip", b"not gzip at all"), ("compress", b"LZW?"), ("br", b"\xff" * 9)):
+        b = body(data, "text/plain", [coding])
+        assert b.text == "" and b.withheld and b.digest.startswith("hmac:"), coding
+
+
+# --- charsets and binary ---------------------------------------------------------------------
+
+
+def test_declared_charsets_are_honoured():
+    text = f"name=José&password={SECRET}"
+    for charset in ("iso-8859-1", "utf-16", "cp1252", "iso-8859-15"):
+        b = body(text.encode(charset), f"application/x-www-form-urlencoded; charset={charset}")
+        assert SECRET not in b.text and "José" in b.text, charset
+
+
+def test_latin1_without_charset_is_text_for_a_text_type():
+    b = body(f"name=Jos\xe9&token={SECRET}".encode("latin-1"), "application/x-www-form-urlencoded")
+    assert b.text.startswith("name=José&token=hmac:") and SECRET not in b.text
+
+
+def test_a_body_cut_inside_a_character_loses_only_that_character():
+    data = ("café " * 10 + "token=" + SECRET).encode()
+    b = body(data[:-len(SECRET) - 1] + "é".encode()[:1], "text/plain", cut=True)
+    assert b.truncated and b.text.startswith("café") and b.withheld is None
+
+
+@pytest.mark.parametrize(("data", "content_type"), [
+    (bytes(range(256)) * 4, "application/octet-stream"),
+    (b"\x00\x01password=" + SECRET.encode(), ""),
+    (b"PK\x03\x04" + bytes(200), "application/zip"),
+    (b"\x89PNG but not really " + SECRET.encode(), "application/octet-stream"),
+    (SECRET.encode() + b"\x00" * 10, "image/png"),  # not a PNG's bytes
+])
+def test_binary_is_withheld(data, content_type):
+    b = body(data, content_type)
+    assert (b.text, b.withheld) == ("", "binary")
+    assert b.digest == R.fingerprint(data, "body")
+
+
+def test_unknown_or_refused_charset_is_withheld():
+    for charset in ("no-such-charset", "idna", "unicode_escape"):
+        b = body(b"password=x", f"text/plain; charset={charset}")
+        assert b.withheld and "charset" in b.withheld, charset
+    assert body(b"\xff\xfe\xfd", "text/plain; charset=utf-8").withheld == \
+        "body is not valid utf-8"
+
+
+def test_inert_media_is_kept_by_its_bytes():
+    png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+    b = body(png, "image/png")
+    assert b.withheld is None and raw(b) == png
+
+
+def test_the_keep_policy_keeps_what_cannot_be_scanned():
+    keep = Redactor(b"k", Policy(unscanned="keep"))
+    data = bytes(range(256))
+    b = body(data, "application/octet-stream", redactor=keep)
+    assert b.withheld is None and raw(b) == data
+
+
+def test_textual_bodies_under_a_binary_type_are_scanned():
+    b = body(b"plain text token=" + SECRET.encode(), "application/octet-stream")
+    assert b.withheld is None and SECRET not in b.text
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def test_json_is_walked_whole():
+    doc = {"user": {"name": "bob", "password": SECRET, "profile": {"pin": 1234}},
+           "items": [{"token": SECRET + "1"}, {"secret": {"deep": [SECRET + "2"]}}],
+           "PassWord": 42, "apiKey": None, "enabled": True, "note": f"ghp_{'a' * 36}",
+           "big": 4111111111111111, "pass\\u0077ord": "x"}
+    text = orjson.dumps(doc).decode().replace("pass\\\\u0077ord", "pass\\u0077ord")
+    b = body(text.encode(), "application/json")
+    out = orjson.loads(b.text)
+    assert SECRET not in b.text and "1234" not in b.text and "aaaa" not in b.text
+    assert out["user"]["password"] == MARKER and out["user"]["name"] == "bob"
+    assert out["user"]["profile"]["pin"] == MARKER and out["PassWord"] == MARKER
+    assert out["items"][0]["token"].startswith("hmac:") and out["items"][1]["secret"] == MARKER
+    assert out["apiKey"] is None and out["enabled"] is True and out["big"] == MARKER
+    assert out["password"] == MARKER  # the escaped key, decoded
+
+
+def test_params_and_body_never_disagree():
+    data = orjson.dumps({"user": "bob", "password": SECRET, "nested": {"token": "t"}})
+    b = body(data, "application/json")
+    assert dict(b.json) == orjson.loads(b.text)
+    form = body(b"user=bob&password=" + SECRET.encode() + b"&t=eyJhbGciOi.eyJzdWIi.sig",
+                "application/x-www-form-urlencoded")
+    assert [v for _n, v in form.form] == [p.partition("=")[2] for p in form.text.split("&")]
+
+
+def test_json_nested_past_the_parsers_depth_is_withheld():
+    b = body(b"[" * 5000 + b"]" * 5000, "application/json")
+    assert b.withheld and "depth" in b.withheld
+
+
+def test_json_with_nothing_to_redact_is_kept_byte_for_byte():
+    text = '{ "a" : 1,\n  "b": ["x", "y"] }'
+    b = body(text.encode(), "application/json")
+    assert b.text == text and b.json == [["a", 1], ["b", ["x", "y"]]]
+
+
+def test_ndjson_lines_and_graphql():
+    lines = b'{"password": "a1"}\n{"ok": 1}\nnot json token=b2\n'
+    b = body(lines, "application/x-ndjson")
+    assert "a1" not in b.text and "b2" not in b.text and '{"ok":1}' in b.text
+    gql = orjson.dumps({"query": 'mutation { login(password: "gq1") { token } }',
+                        "variables": {"input": {"password": "gq2", "otp": 123456}}})
+    b = body(gql, "application/json")
+    assert "gq1" not in b.text and "gq2" not in b.text and "123456" not in b.text
+    b = body(b'query { me(token: "gq3") { id } }', "application/graphql")
+    assert "gq3" not in b.text
+
+
+def test_json_cut_at_the_cap_keeps_no_prefix_of_a_secret():
+    data = orjson.dumps({"a": "x" * 100, "password": SECRET, "b": "eyJ" + "A" * 40})
+    for end in range(100, len(data), 7):
+        b = body(data[:end], "application/json", cut=True)
+        assert SECRET[:4] not in b.text and "eyJA" not in b.text, end
+
+
+# --- forms and multipart -----------------------------------------------------------------------
+
+
+def test_forms_under_a_wrong_or_missing_content_type():
+    for content_type in ("application/json", "text/plain", "", "application/octet-stream"):
+        b = body(b"user=bob&password=" + SECRET.encode(), content_type)
+        assert b.text == "user=bob&password=" + MARKER, content_type
+
+
+def multipart(*parts: tuple[str, bytes], boundary="XyZ") -> bytes:
+    out = b""
+    for head, content in parts:
+        out += f"--{boundary}\r\n{head}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_multipart_fields_files_and_nesting():
+    data = multipart(
+        ('Content-Disposition: form-data; name="user"', b"bob"),
+        ('Content-Disposition: form-data; name="password"', SECRET.encode()),
+        ('Content-Disposition: form-data; name="note"', b"see token=" + SECRET.encode() + b"1"),
+        ('Content-Disposition: form-data; name="doc"; filename="a.txt"\r\n'
+         'Content-Type: text/plain', b"file says token=" + SECRET.encode() + b"2"),
+        ('Content-Disposition: form-data; name="meta"\r\nContent-Type: application/json',
+         orjson.dumps({"apiKey": SECRET + "3"})),
+    )
+    b = body(data, "multipart/form-data; boundary=XyZ")
+    assert SECRET not in b.text and "bob" in b.text and "[withheld: " in b.text
+    assert b.form[0] == ["user", "bob"] and b.form[1] == ["password", MARKER]
+    kept = body(data, "multipart/form-data; boundary=XyZ",
+                redactor=Redactor(b"k", Policy(form_files="keep")))
+    assert "file says" in kept.text and SECRET not in kept.text
+    guessed = body(data, "multipart/form-data")  # no boundary parameter: read off the body
+    assert SECRET not in guessed.text and "bob" in guessed.text
+
+
+def test_multipart_cut_in_a_part():
+    data = multipart(('Content-Disposition: form-data; name="user"', b"bob"),
+                     ('Content-Disposition: form-data; name="token"', SECRET.encode()))
+    for end in range(20, len(data)):
+        assert SECRET[:5] not in body(data[:end], "multipart/form-data; boundary=XyZ",
+                                      cut=True).text
+
+
+# --- bounded time ------------------------------------------------------------------------------
+
+
+def test_over_the_budget_is_withheld_not_waited_for():
+    slow = Redactor(b"k", Policy(budget_ms=0.0))
+    data = orjson.dumps({"password": "x", "list": ["a"] * 100_000})
+    b = body(data, "application/json", redactor=slow)
+    assert b.withheld == "over the redaction budget" and b.text == ""
+
+
+def test_withheld_bodies_digest_the_wire_bytes_per_deployment_key():
+    data = b"\x00binary"
+    assert body(data).digest != body(data, redactor=Redactor(b"other")).digest
+    assert dec.codings(["gzip, identity", "br"]) == ["gzip", "br"]

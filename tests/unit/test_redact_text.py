@@ -1,0 +1,153 @@
+"""Secrets in free text: shapes, name/value pairs, markup, and the tail of a cut text."""
+
+import pytest
+
+from capture.redact.names import FINGERPRINT, MARK, NameRules
+from capture.redact.text import TextScanner, cut_tail, is_card, luhn, merge
+
+SCANNER = TextScanner(NameRules())
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N"
+PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6\n"
+       "-----END RSA PRIVATE KEY-----")
+
+
+def found(text: str) -> list[str]:
+    return [text[s:e] for s, e, _a, _c in SCANNER.hits(text)]
+
+
+@pytest.mark.parametrize(("secret", "kind"), [
+    (JWT, "shape:jwt"),
+    ("AKIAIOSFODNN7EXAMPLE", "shape:key"),
+    ("ghp_16C7e42F292c6912E7710c838347Ae178B4a", "shape:key"),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz0123", "shape:key"),
+    ("glpat-abcdefghij0123456789", "shape:key"),
+    ("xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy", "shape:key"),
+    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "shape:key"),
+    ("AIzaSyA1234567890abcdefghijklmnopqrstu", "shape:key"),
+    ("ya29.a0AfH6SMBx1234567890abcdefghij", "shape:key"),
+    ("sk-proj-abcdefghijklmnopqrstuvwxyz012345", "shape:key"),
+    ("SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "shape:key"),
+    ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "shape:key"),
+    ("hf_abcdefghijklmnopqrstuvwxyz01234567", "shape:key"),
+    ("hvs.CAESIJlWh1b9abcdefghijklmnop", "shape:key"),
+    ("bob.smith+tag@mail.example.co.uk", "shape:email"),
+    ("4111 1111 1111 1111", "shape:card"),
+    ("5500-0000-0000-0004", "shape:card"),
+    ("378282246310005", "shape:card"),
+])
+def test_values_by_shape_wherever_they_are(secret, kind):
+    text = f"before [{secret}] after"
+    hits = SCANNER.hits(text)
+    assert [(text[s:e], c) for s, e, _a, c in hits] == [(secret, kind)]
+
+
+def test_pem_private_keys_go_whole_and_to_the_end_when_cut():
+    assert found(f"key:\n{PEM}\nrest") == [PEM]
+    cut = PEM[:60]
+    assert found(f"x {cut}") == [cut]
+    assert found("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----") == []
+
+
+def test_bearer_basic_and_user_information():
+    assert found("auth was Bearer abc.def-ghi_jkl now") == ["abc.def-ghi_jkl"]
+    assert found("Basic dXNlcjpodW50ZXIy") == ["dXNlcjpodW50ZXIy"]  # user:hunter2
+    assert found("Basic information about it") == []  # not base64 of user:password
+    assert found("postgres://app:s3cret@db:5432/x") == ["app:s3cret"]
+
+
+def test_numbers_that_are_not_cards_stay():
+    assert found("order 4111111111111112 id 1795000000000 and 12345678901234567890") == []
+    assert luhn("79927398713") and not luhn("79927398710")
+    assert is_card("4111-1111-1111-1111") and not is_card("4111")
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("password=hunter2", "hunter2"),
+    ("user=bob&token=t0k3n&x=1", "t0k3n"),
+    ('{"user": "bob", "password": "hunter2"}', "hunter2"),
+    ("password: correct horse battery", "correct horse battery"),
+    ("api_key = 'sq1'", "sq1"),
+    ("$cfg['db_pass'] => 'pw2'", "pw2"),
+    ("login(username: \"bob\", password: \"gql\")", "gql"),
+    ('{\\"secret\\":\\"escaped\\"}', "escaped"),
+    ("user[password]=nested", "nested"),
+    ("p%61ssword=percent", "percent"),
+    ("https://x.test/cb#access_token=frag&state=1", "frag"),
+    ("X-Amz-Signature=abcdef0123&X-Amz-Date=1", "abcdef0123"),
+    ("pin: 1234", "1234"),
+    ('"credentials": {"user": "u", "v": [1, "in"]}', '{"user": "u", "v": [1, "in"]}'),
+])
+def test_name_value_pairs(text, secret):
+    assert secret in found(text), found(text)
+
+
+def test_a_bare_value_does_not_hide_the_next_pair():
+    text = 'password=one two and token: "three"'
+    assert found(text) == ["one two and", "three"]
+
+
+def test_code_is_a_secret_in_urls_only():
+    assert found("https://app.test/cb?state=s&code=c0de") == ["c0de"]
+    assert found("Error code: 414") == [] and found('{"code": 404}') == []
+
+
+def test_look_alike_names_keep_their_values():
+    text = "monkey=1&keyboard=qwerty&passenger=4&author=me&compass=n&sidebar=left"
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("<soap:Header><wsse:Password Type='t'>xmlpw</wsse:Password></soap:Header>", "xmlpw"),
+    ("<token>abc</token><user>bob</user>", "abc"),
+    ("<credentials><user>bob</user><x>y</x></credentials>", "<user>bob</user><x>y</x>"),
+    ('<input type="hidden" name="csrf_token" value="csrfv">', "csrfv"),
+    ('<input type="password" name="p" value="typed">', "typed"),
+    ('<meta name="csrf-token" content="metav">', "metav"),
+    ('<add key="ApiKey" value="cfgv"/>', "cfgv"),
+    ('<user password="attr"/>', "attr"),
+    ("<password>no end", "no end"),
+])
+def test_markup(text, secret):
+    assert secret in found(text), found(text)
+
+
+def test_markup_with_safe_names_stays():
+    assert found('<input name="username" value="bob"><author>me</author>') == []
+
+
+def test_quick_test_lets_plain_text_through_and_catches_escapes():
+    assert not SCANNER.may_hold("alpha beta gamma " * 100)
+    assert not SCANNER.may_hold("alpha beta gamma")
+    for text in ("a passphrase: x", "password\n  =\n x", '"password"\n : 1', "x \\u0070",
+                 "&#112;", "%61", "eyJhbGciOi.x", "x@y.z", "4111 1111 1111 1111",
+                 "<p name=csrf>", "Bearer abc", "-----BEGIN X", "ghp_x"):
+        assert SCANNER.may_hold(text) and SCANNER.may_hold(text + " " * 1000), text
+    assert not SCANNER.may_hold("a passphrase is long " * 100)  # a root, but no pair
+
+
+def test_spans_never_cross_a_nul():
+    text = "password=abc\x00next string"
+    assert found(text) == ["abc"]
+    assert found('password: "open\x00more"') == ["open"]
+
+
+def test_merge_folds_overlaps_and_mark_wins():
+    assert merge([(5, 9, FINGERPRINT, "a"), (0, 6, MARK, "b")]) == [(0, 9, MARK, "b")]
+    assert merge([(0, 2, MARK, "a"), (3, 4, MARK, "b")]) == [(0, 2, MARK, "a"),
+                                                           (3, 4, MARK, "b")]
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("a=1&password=hunt", "a=1&password="),
+    ("tokens: eyJhbGciOiJIUz", "tokens: "),
+    ("ends with a space ", "ends with a space "),
+    ("x" * 10_000, "x" * (10_000 - 4096)),
+])
+def test_cut_tail_drops_what_could_be_a_secrets_start(text, kept):
+    assert cut_tail(text) == kept
+
+
+@pytest.mark.parametrize("before", [0, 10, 47, 48, 49, 60])
+def test_a_card_in_a_long_run_of_digit_groups_is_found_wherever_it_is(before):
+    text = " ".join(["2222"] * before + ["4111 1111 1111 1111"] + ["3333"] * 60)
+    assert found(text) == ["4111 1111 1111 1111"]

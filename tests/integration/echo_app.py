@@ -12,6 +12,8 @@ connection to the endpoints that misbehave on purpose (/reset) or leave HTTP (/w
 - `/sleep?s=S`: answers after S seconds.
 - `/reset`: resets the connection (TCP RST) without answering.
 - `/ws`: a WebSocket echo server (RFC 6455 handshake, then echoes text and binary messages).
+- `/canned/<name>`: the answer a test put in `CANNED[name]` (status, headers, body bytes), as it
+  is: the way to send the proxy responses of any shape (the app runs in the test's process).
 """
 
 import base64
@@ -28,6 +30,7 @@ from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CANNED: dict[str, tuple[int, list[tuple[str, str]], bytes]] = {}
 
 
 def app(environ, start_response):
@@ -47,6 +50,10 @@ def app(environ, start_response):
         return pattern_chunks(size)
     if path.startswith("/echo"):
         return plain(start_response, echo_of(environ))
+    if path.startswith("/canned/") and path[8:] in CANNED:
+        status, headers, body = CANNED[path[8:]]
+        start_response(f"{status} Canned", [*headers, ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/gzip":
         body = gzip.compress(text(int(query.get("n", ["0"])[0])), mtime=0)
         start_response("200 OK", [("Content-Type", "text/plain"),

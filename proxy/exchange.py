@@ -18,7 +18,7 @@ from mitmproxy.net.http.http1.read import expected_http_body_size
 
 from capture import CaptureRecord, Request, Response, canonical_ip, encode_body, format_time
 from capture.record import wire_text
-from capture.redact.body import redact_body
+from capture.redact.body import QUICK_BYTES, quick_text, redact_body
 from capture.redact.redactor import Body, BudgetExceeded, Redactor, deadline_after
 from capture.redact.text import Deadline
 
@@ -175,13 +175,22 @@ def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
     }
 
 
+_NO_BODY = Body()
+
+
 def redacted_body_of(redactor: Redactor, message: http.Message, tap: BodyTap | None, cap: int,
                      wanted: dict[bytes, list[bytes]], params: bool,
                      deadline: Deadline) -> tuple[dict, Body]:
     """The body fields of a record through the redactor, and what it read of the body."""
     data, size = wire_body(message, tap, cap)
+    content_type = _joined(wanted, b"content-type")
+    if not params and size <= QUICK_BYTES and b"content-encoding" not in wanted and (
+            not data or (text := quick_text(redactor, data, content_type)) is not None):
+        # The common small answer with nothing to redact: no more work than keeping it.
+        return {"body": text if data else "", "body_encoding": "utf-8", "body_size": size,
+                "body_truncated": False}, _NO_BODY
     body = redact_body(
-        redactor, data, cut=len(data) < size, content_type=_joined(wanted, b"content-type"),
+        redactor, data, cut=len(data) < size, content_type=content_type,
         content_encoding=[wire_text(v) for v in wanted.get(b"content-encoding", ())],
         params=params, deadline=deadline)
     return {

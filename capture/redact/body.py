@@ -70,11 +70,15 @@ def redact_body(r: Redactor, data: bytes, *, cut: bool, content_type: str,
     """The body of one message as the record keeps it. `cut`: the bytes are the first part
     of a longer body. `params`: also read its form or JSON parameters (small request bodies).
     `deadline`: the record's (else the policy's budget from now)."""
+    if not data:
+        return Body(truncated=cut, content_encoding=", ".join(decode.codings(content_encoding)))
+    if len(data) <= QUICK_BYTES and not content_encoding and not cut and not params:
+        quick = quick_text(r, data, content_type)
+        if quick is not None:
+            return Body(text=quick)
     policy = r.policy
     applied = decode.codings(content_encoding)
     body = Body(truncated=cut, content_encoding=", ".join(applied))
-    if not data:
-        return body
     wire = data
     if deadline is None:
         deadline = deadline_after(policy.budget_ms / 1000)
@@ -102,6 +106,27 @@ def redact_body(r: Redactor, data: bytes, *, cut: bool, content_type: str,
         return _unscanned(r, body, wire, data, "over the redaction budget")
     except RecursionError:
         return _unscanned(r, body, wire, data, "nested too deep")
+
+
+QUICK_BYTES = 4096  # bodies up to this size are first tried the quick way
+# Characters no text carries (as in decode.looks_textual, where a few are let through).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def quick_text(r: Redactor, data: bytes, content_type: str) -> str | None:
+    """A small, whole, uncoded body that is UTF-8 text with nothing any rule could find in it
+    (most small answers): the text as it is. None when the long way must decide."""
+    if ("charset" in content_type and "utf-8" not in content_type.lower()) \
+            or content_type.startswith(("multipart/", "Multipart/")):
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if _CONTROL.search(text) or r.scanner.may_hold(text, data) \
+            or _MULTIPART_START.match(data):
+        return None
+    return text
 
 
 def _text_of(data: bytes, media: str, charset: str | None, cut: bool,

@@ -52,6 +52,8 @@ URL_HEADERS = frozenset((
     "x-forwarded-path", "x-envoy-original-path"))
 
 MAX_PARAMS = 10_000  # parameters listed per source; the raw text is redacted whatever this says
+# What headers() does with a header, by its name (or a (MARK|FINGERPRINT, class) pair).
+_PLAIN, _URL, _COOKIE, _AUTH = object(), object(), object(), object()
 
 
 class BudgetExceeded(Exception):
@@ -116,6 +118,8 @@ class Redactor:
         self.scanner = TextScanner(self.rules, emails=self.policy.emails)
         self._class_keys: dict[str, bytes] = {}
         self._fingerprint_cached = functools.lru_cache(maxsize=4096)(self._fingerprint)
+        self._header_kinds: dict[str, object] = {}
+        self._clean: set[str] = set()
 
     # --- values ---------------------------------------------------------------------------
 
@@ -200,32 +204,67 @@ class Redactor:
 
     def headers(self, headers: list[list[str]], deadline: Deadline | None = None
                 ) -> list[list[str]]:
-        """Headers with secrets' values replaced: credential headers by name, cookies each,
-        anything else by what the text scanner finds in it."""
-        out = []
+        """Headers with secrets' values replaced (in place, and returned): credential headers
+        by name, cookies each, anything else by what the text scanner finds in it."""
         plain = []
-        classify = self.rules.classify
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered in _COOKIE_HEADERS:
-                value = self._cookies(value, lowered.startswith("set-"))
-            elif lowered in _AUTH_HEADERS:
-                value = self._authorization(value, "header:" + lowered)
-            elif action := classify(name):
-                value = self.replacement(value, action, "header:" + fingerprint_class(name))
+        urls = False
+        kinds = self._header_kinds
+        clean = self._clean
+        for i, pair in enumerate(headers):
+            name, value = pair
+            kind = kinds.get(name)
+            if kind is None:
+                kind = self._header_kind(name)
+            if kind is _PLAIN:
+                if value not in clean:
+                    plain.append(i)
+            elif kind is _URL:
+                plain.append(i)
+                urls = True
+            elif kind is _COOKIE:
+                pair[1] = self._cookies(value, name[:4].lower() == "set-")
+            elif kind is _AUTH:
+                pair[1] = self._authorization(value, "header:" + name.lower())
             else:
-                plain.append(len(out))
-            out.append([name, value])
+                action, cls = kind
+                pair[1] = self.replacement(value, action, cls)
         if plain:
-            values = [out[i][1] for i in plain]
+            values = [headers[i][1] for i in plain]
             scrubbed = self.scrub_many(values, deadline)
-            if scrubbed is not None:
+            if scrubbed is None:
+                self._known_clean(values)
+            else:
                 for i, value in zip(plain, scrubbed, strict=True):
-                    out[i][1] = value
-            for i in plain:
-                if out[i][0].lower() in URL_HEADERS:
-                    out[i][1] = self._url_paths(out[i][1])
-        return out
+                    headers[i][1] = value
+            if urls:
+                for i in plain:
+                    if kinds.get(headers[i][0]) is _URL:
+                        headers[i][1] = self._url_paths(headers[i][1])
+        return headers
+
+    def _known_clean(self, values: list[str]) -> None:
+        """Remember values the scanner found nothing in: headers repeat on every request
+        (Host, User-Agent, Accept, Server, Content-Type), and are then not scanned again.
+        Only clean values go in, so the cache cannot let a secret through; it is bounded."""
+        clean = self._clean
+        if len(clean) > 4096:
+            clean.clear()
+        clean.update(v for v in values if len(v) <= 256)
+
+    def _header_kind(self, name: str) -> object:
+        """What to do with a header of this name (kept for the next one: names repeat)."""
+        lowered = name.lower()
+        if lowered in _COOKIE_HEADERS:
+            kind = _COOKIE
+        elif lowered in _AUTH_HEADERS:
+            kind = _AUTH
+        elif action := self.rules.classify(name):
+            kind = (action, "header:" + fingerprint_class(name))
+        else:
+            kind = _URL if lowered in URL_HEADERS else _PLAIN
+        if len(self._header_kinds) < 4096:  # names come from clients: bounded
+            self._header_kinds[name] = kind
+        return kind
 
     def _authorization(self, value: str, cls: str) -> str:
         scheme, sep, credentials = value.strip().partition(" ")
@@ -263,9 +302,16 @@ class Redactor:
         """A URL path with whatever the text scanner finds (tokens by shape, matrix
         parameters, e-mail addresses) replaced, then segments that are high-entropy tokens
         fingerprinted. One pass each: what one put in, the other does not look at again."""
-        return self._path_tokens(self.scrub(path, deadline))
+        if path in self._clean:
+            return path
+        redacted = self._path_tokens(self.scrub(path, deadline))
+        if redacted == path:
+            self._known_clean([path])
+        return redacted
 
     def _path_tokens(self, path: str) -> str:
+        if len(path) < 21:  # no segment can be long enough
+            return path
         changed = False
         segments = path.split("/")
         for i, segment in enumerate(segments):

@@ -64,8 +64,6 @@ SHAPE_LITERALS = (
 _ESCAPES = (r"\\u[0-9a-f]{4}|&#|&[a-z]{2,6};"
             r"|%(?:[2-7][0-9a-f])")
 
-_SMALL = 512  # below this many characters, Python's re beats RE2's cost per call
-
 
 def _trie(words: list[str]) -> str:
     """A regex alternation of literal words, factored by their first letters (much faster
@@ -170,7 +168,6 @@ _NAME_ELEMENTS = frozenset(("key", "name"))  # plist's <key>, XML-RPC's <name>
 
 ALL_FAMILIES = frozenset(("pairs", "markup", "pem", "jwt", "keys", "userinfo", "auth",
                           "email", "card"))
-_CARDS_ONLY = frozenset(("card",))
 # Every rule, and a flag: the text has escapes, so it is to be scanned decoded too.
 _ESCAPED = ALL_FAMILIES | {"escapes"}
 _NONE: frozenset[str] = frozenset()
@@ -241,13 +238,14 @@ class TextScanner:
         self.emails = emails
         roots = _trie(sorted({w.lower() for w in rules.roots}))
         literals = sorted({w.lower() for w in rules.roots + SHAPE_LITERALS if w})
-        self._small = re.compile(_trie(literals) + "|" + _ESCAPES)  # on lower-cased text
+        # Anything a rule could start from, on lower-cased text (a tag's quick test).
+        self._small = re.compile(_trie(literals) + "|" + _ESCAPES)
         self._escapes = re.compile("(?i)" + _ESCAPES)
         # One RE2 pass over a large text tells which rule families can find anything in it;
         # only those then run, each a pass of Python's re.
         families = {
             # A root, then anything up to a separator (looser than the rule: a gate).
-            "pairs": rf"(?i)(?:{roots})[^\s=:&;,<>{{}}\[\]]*\s*(?::=|=>|[:=,])",
+            "pairs": rf"(?i)(?:{roots})[^\s=:&;,<>{{}}\[\]]*[\"'\]]{{0,3}}\s*(?::=|=>|[:=,])",
             "markup": rf"(?i)<[^<>]*(?:{roots})",
             "pem": r"-----BEGIN ",
             "jwt": r"e(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}\.",
@@ -263,17 +261,16 @@ class TextScanner:
         for pattern in families.values():
             self._set.Add(pattern.encode())
         self._set.Compile()
+        # The binding's own Set.Match, without the wrapper's Python layer (a microsecond a
+        # call, and this runs several times per exchange); the wrapper where it has none.
+        self._match = getattr(self._set, "_set", self._set).Match
 
     # --- the quick test --------------------------------------------------------------
 
     def families(self, text: str, data: bytes | None = None) -> frozenset[str]:
         """The rule families that can find anything in `text` (all of them where escapes
         could hide what they look for). `data`, when given, is `text` as UTF-8."""
-        if len(text) < _SMALL:
-            if self._small.search(text.lower()) is None:
-                return _CARDS_ONLY if _DIGITS.search(text) else _NONE
-            return _ESCAPED if self._escapes.search(text) else ALL_FAMILIES
-        found = self._set.Match(data if data is not None else text.encode(
+        found = self._match(data if data is not None else text.encode(
             "utf-8", "surrogatepass"))
         if not found:
             return _NONE

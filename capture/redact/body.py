@@ -373,7 +373,12 @@ def _canonical(value: Any) -> str:
 
 
 def _card_number(value: Any) -> bool:
-    return type(value) is int and 10**12 <= value < 10**19 and is_card(str(value))
+    """An integer that is a card number (timestamps in milliseconds start with 1: no card
+    does)."""
+    if type(value) is not int or not 10**12 <= value < 10**19:
+        return False
+    digits = str(value)
+    return digits[0] in "23456" and is_card(digits)
 
 
 # --- multipart -------------------------------------------------------------------------------

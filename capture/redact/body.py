@@ -116,15 +116,15 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 def quick_text(r: Redactor, data: bytes, content_type: str) -> str | None:
     """A small, whole, uncoded body that is UTF-8 text with nothing any rule could find in it
     (most small answers): the text as it is. None when the long way must decide."""
-    if ("charset" in content_type and "utf-8" not in content_type.lower()) \
-            or content_type.startswith(("multipart/", "Multipart/")):
+    lowered = content_type.lower()
+    if ("charset" in lowered and "utf-8" not in lowered) or "multipart/" in lowered:
         return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
     if _CONTROL.search(text) or r.scanner.may_hold(text, data) \
-            or _MULTIPART_START.match(data):
+            or (data[:2] == b"--" and _MULTIPART_START.match(data)):
         return None
     return text
 

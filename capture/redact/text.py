@@ -279,7 +279,8 @@ class TextScanner:
 
     def may_hold(self, text: str, data: bytes | None = None) -> bool:
         """False when no rule can find anything in `text`: it is let through as it is."""
-        return bool(self.families(text, data))
+        return bool(self._match(data if data is not None else text.encode(
+            "utf-8", "surrogatepass")))
 
     def escapes_in(self, text: str):
         """Where escapes are in `text` (matches of the escape patterns)."""

@@ -24,6 +24,7 @@ COLUMNS = (
     "ended_at", "request_size", "response_size", "user_agent", "error", "request_headers",
     "response_headers", "request_body", "request_body_encoding", "request_body_truncated",
     "response_body", "response_body_encoding", "response_body_truncated", "principal",
+    "request_body_withheld", "response_body_withheld",
 )
 
 
@@ -65,6 +66,8 @@ def row_of(record: CaptureRecord, body_max_bytes: int) -> tuple:
         response_body[1],
         bool(response and response.body_truncated) or response_body[2],
         principal(request.headers, record.redacted),
+        _text(request.body_withheld),
+        _text(response.body_withheld) if response else None,
     )
 
 
@@ -129,6 +132,8 @@ def row_of_json(data: bytes, body_max_bytes: int) -> tuple:
         response_body[1],
         response_truncated,
         _principal(authorization, obj.get("redacted") is True),
+        request.get("body_withheld"),
+        response.get("body_withheld") if response is not None else None,
     )
 
 

@@ -20,7 +20,7 @@ from stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HEAD = "0003"  # the newest revision in db/migrations/versions
+HEAD = "0004"  # the newest revision in db/migrations/versions
 
 
 def version(url: str) -> list[str]:

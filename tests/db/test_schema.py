@@ -37,6 +37,8 @@ TABLE_COLUMNS = [
     ("response_body_truncated", "boolean", "NO", "false"),
     ("inserted_at", "timestamp with time zone", "NO", "now()"),
     ("principal", "text", "YES", None),  # revision 0002
+    ("request_body_withheld", "text", "YES", None),  # revision 0004
+    ("response_body_withheld", "text", "YES", None),
 ]
 VIEW_COLUMNS = [
     ("bucket", "timestamp with time zone"),

@@ -3,11 +3,15 @@ query strings and bodies, none of them is anywhere in the topic, the database or
 
 from __future__ import annotations
 
+import uuid
+
+import orjson
 import psycopg
 import pytest
 import requests
 
 from capture.redact import Redactor
+from tests import factories
 from tests.integration.conftest import REDACT_KEY, start_pipeline
 from tests.sinks.conftest import SinkProcess, count_rows
 from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
@@ -17,7 +21,7 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     s3_service,
 )
 from tests.sinks.test_timescale import sink_env
-from tests.support import fresh_database, read_topic, sample, wait_until
+from tests.support import fresh_database, produce, read_topic, sample, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +73,40 @@ def test_no_secret_reaches_topic_database_or_lake(kafka, postgres, s3, bucket, t
     redactor = Redactor(REDACT_KEY)
     assert principals == [(redactor.fingerprint("mytoken", "header:authorization"), 2)]
     assert redactor.fingerprint("token-bob", "field:token").encode() in topic
+
+
+def version_1(i: int) -> bytes:
+    """A record as the proxy wrote them before version 2 (no content_encoding, body_withheld,
+    body_digest, redacted), its credential fingerprinted the old way."""
+    obj = orjson.loads(factories.encoded(1, first=i)[0][1])
+    obj["v"] = 1
+    del obj["redacted"]
+    for message in (obj["request"], obj["response"]):
+        if message:
+            for name in ("content_encoding", "body_withheld", "body_digest"):
+                del message[name]
+    obj["request"]["headers"] = [["Authorization", "hmac:00112233deadbeef"]]
+    return orjson.dumps(obj)
+
+
+def test_version_1_records_still_load_in_both_sinks(kafka, postgres, s3, bucket, tmp_path):
+    database = fresh_database(postgres.dsn)
+    topic = f"v1-{uuid.uuid4().hex[:8]}"
+    records = [version_1(i) for i in range(40)]
+    produce(kafka.bootstrap_servers, topic, [(None, r) for r in records])
+    timescale = SinkProcess("timescale", tmp_path, sink_env(
+        kafka.bootstrap_servers, topic, database)).start()
+    lake = SinkProcess("lake", tmp_path, lake_env(
+        kafka.bootstrap_servers, topic, s3.endpoint_url, bucket,
+        SINK_BATCH_MAX_AGE_MS="200")).start()
+    try:
+        wait_until(lambda: count_rows(database) == 40, what="40 rows")
+        wait_until(lambda: len(read_lake(s3.endpoint_url, bucket).lines) == 40, what="the lake")
+    finally:
+        lake.stop()
+        timescale.stop()
+    with psycopg.connect(database) as conn:
+        principals = conn.execute("SELECT DISTINCT principal, request_body_withheld "
+                                  "FROM http_requests").fetchall()
+    assert principals == [("hmac:00112233deadbeef", None)]
+    assert sorted(read_lake(s3.endpoint_url, bucket).lines) == sorted(records)

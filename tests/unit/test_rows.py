@@ -153,3 +153,13 @@ def test_row_of_json_refuses_what_decode_refuses():
     obj["response"]["status_code"] = 42
     with pytest.raises(InvalidRecord, match="status code 42"):
         row_of_json(orjson.dumps(obj), 1024)
+
+
+def test_a_withheld_body_says_why_in_its_column():
+    record = make_record()
+    record.request.body, record.request.body_withheld = "", "binary"
+    record.request.body_digest = "hmac:0011223344556677"
+    row = as_dict(row_of(record, 1 << 20))
+    assert (row["request_body"], row["request_body_withheld"]) == ("", "binary")
+    assert row["response_body_withheld"] is None
+    assert row_of_json(encode(record), 1 << 20) == row_of(record, 1 << 20)

@@ -23,6 +23,7 @@ import argparse
 import gc
 import inspect
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from proxy.settings import ProxySettings  # noqa: E402
 
 CAP = 1 << 20
 BATCH_BYTES = 1 << 20
+REPEATS = 5
 WORDS = ("alpha", "beta", "gamma", "delta", "order", "item", "user", "price", "lorem", "ipsum",
          "dolor", "amet", "quantity", "status", "shipped", "pending", "blue", "large")
 CODECS: dict[str, Callable[[bytes], bytes]] = {
@@ -120,17 +122,25 @@ def measure(name: str, flows: list[http.HTTPFlow]) -> None:
     stages.append(("tap_request hook", cost))
     cost, _ = timed(flows, lambda f: tap_response(f, CAP))
     stages.append(("tap_response hook", cost))
-    cost, records = timed(flows, lambda f: build_record(f, app="bench", body_cap=CAP))
-    stages.append(("build_record", cost))
-    if "redactor" in inspect.signature(build_record).parameters:
-        # Redaction happens inside build_record (it reads the bytes on the wire): its cost is
-        # what building the record with the redactor adds.
-        redacted, records = timed(flows, lambda f: build_record(
-            f, app="bench", body_cap=CAP, redactor=redactor))
-        cost = redacted - cost
-    else:  # an older checkout: a pass over the built record
-        cost, records = timed(records, redactor.redact)
-    stages.append(("redaction", cost))
+    # Building and redaction alternate, REPEATS times, and each is the median of its rounds:
+    # one pass scatters by ±20% on a shared machine, and redaction's cost is a difference.
+    builds, redactions = [], []
+    for flow in flows:  # untimed: a flow's first read fills mitmproxy's lazy caches
+        build_record(flow, app="bench", body_cap=CAP)
+    for _ in range(REPEATS):
+        cost, records = timed(flows, lambda f: build_record(f, app="bench", body_cap=CAP))
+        builds.append(cost)
+        if "redactor" in inspect.signature(build_record).parameters:
+            # Redaction happens inside build_record (it reads the bytes on the wire): its
+            # cost is what building the record with the redactor adds.
+            redacted, records = timed(flows, lambda f: build_record(
+                f, app="bench", body_cap=CAP, redactor=redactor))
+            redactions.append(redacted - cost)
+        else:  # an older checkout: a pass over the built record
+            cost, records = timed(records, redactor.redact)
+            redactions.append(cost)
+    stages.append(("build_record", statistics.median(builds)))
+    stages.append(("redaction", statistics.median(redactions)))
     cost, encoded = timed(records, encode)
     stages.append(("encode (orjson)", cost))
     record_bytes = sum(map(len, encoded)) / len(encoded)
@@ -159,7 +169,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a few hundred, as CI does")
     args = parser.parse_args()
     if args.quick:
-        args.small, args.large = 500, 50
+        global REPEATS
+        args.small, args.large, REPEATS = 500, 50, 1
     rng = random.Random(1)
     measure("GET small", [small_get(rng) for _ in range(args.small)])
     measure("POST 100 KB JSON", [post_100kb(json_body(rng)) for _ in range(args.large)])

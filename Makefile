@@ -49,10 +49,11 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit tests/apps -m "not integration"
 
 # Every bench in one run, each stage against its limit (docs/performance.md): the capture path,
-# the proxy against bare mitmdump (BASELINE=DIR adds another checkout's proxy), both sinks, the
+# redaction per KB of body (docs/security.md), the proxy against bare mitmdump (BASELINE=DIR adds another checkout's proxy), both sinks, the
 # S3 server's PUT rate, end to end. About an hour on two cores; QUICK=1 for the CI-sized runs.
 bench: fetch
 	$(BIN)/python bench/record_cost.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/redaction_cost.py --markdown $(if $(QUICK),--quick)
 	$(BIN)/python bench/proxy_overhead.py --markdown $(if $(QUICK),--quick) $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python bench/sink_throughput.py --sink timescale $(if $(QUICK),--quick,--sizes)
 	$(BIN)/python bench/sink_throughput.py --sink lake $(if $(QUICK),--quick,--clients 20)

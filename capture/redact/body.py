@@ -18,6 +18,9 @@ headers) and a keyed digest of the bytes, and says why.
 from __future__ import annotations
 
 import base64
+import csv
+import io
+import logging
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +28,7 @@ from urllib.parse import unquote
 import orjson
 
 from capture.redact import decode
-from capture.redact.names import MARK
+from capture.redact.names import FINGERPRINT, MARK
 from capture.redact.redactor import (
     MARKER,
     Body,
@@ -35,6 +38,8 @@ from capture.redact.redactor import (
 )
 from capture.redact.text import Deadline, TextScanner, cut_tail, field_class, is_card
 
+log = logging.getLogger(__name__)
+
 _JSON_TYPES = ("application/json", "text/json", "application/graphql-response+json")
 _NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl",
                  "application/x-jsonlines", "application/json-seq")
@@ -43,7 +48,9 @@ _FORM = "application/x-www-form-urlencoded"
 _TEXT_TYPES = ("application/xml", "application/javascript", "application/ecmascript",
                "application/graphql", "application/yaml", "application/x-yaml", "application/sql",
                "application/x-sh", "application/toml", _FORM, *_JSON_TYPES, *_NDJSON_TYPES)
-_FORM_SHAPE = re.compile(r"[^=&\s]++=[^&\s]*+(?:&[^=&\s]*+(?:=[^&\s]*+)?+)*+")
+# name=value&...: names and values of what form encoders write (not minified code's).
+_FORM_SHAPE = re.compile(r"[\w.\-%+*\[\]]++=[^&\s\"'<>(){};,]*+"
+                         r"(?:&[\w.\-%+*\[\]]*+(?:=[^&\s\"'<>(){};,]*+)?+)*+")
 _MULTIPART_DEPTH = 2
 WITHHELD_PART = "[withheld: %d bytes]"
 
@@ -87,6 +94,9 @@ def redact_body(r: Redactor, data: bytes, *, cut: bool, content_type: str,
             data, more = decode.undo(data, applied, policy.body_max_bytes, deadline)
             body.truncated = cut = cut or more
         media, options = media_type(content_type)
+        if media.startswith("application/grpc-web-text"):
+            # base64 of gRPC frames (protobuf): decoded, it is binary, withheld like any
+            raise decode.Undecodable("binary (gRPC-Web text)")
         if media.startswith("multipart/") or _MULTIPART_START.match(data):
             if _read_multipart(r, body, data, media, options, cut, deadline, params):
                 return body
@@ -106,6 +116,10 @@ def redact_body(r: Redactor, data: bytes, *, cut: bool, content_type: str,
         return _unscanned(r, body, wire, data, "over the redaction budget")
     except RecursionError:
         return _unscanned(r, body, wire, data, "nested too deep")
+    except Exception as e:  # a bug here must cost the body, never the record
+        # Only the type: an exception's text can quote the body.
+        log.error("redaction of a body failed (%s); the body is withheld", type(e).__name__)
+        return _unscanned(r, body, wire, data, "redaction failed")
 
 
 QUICK_BYTES = 4096  # bodies up to this size are first tried the quick way
@@ -117,7 +131,8 @@ def quick_text(r: Redactor, data: bytes, content_type: str) -> str | None:
     """A small, whole, uncoded body that is UTF-8 text with nothing any rule could find in it
     (most small answers): the text as it is. None when the long way must decide."""
     lowered = content_type.lower()
-    if ("charset" in lowered and "utf-8" not in lowered) or "multipart/" in lowered:
+    if "multipart/" in lowered or ("charset" in lowered and decode.text_codec(
+            media_type(content_type)[1].get("charset", "")) != "utf-8"):
         return None
     try:
         text = data.decode("utf-8")
@@ -140,7 +155,7 @@ def _text_of(data: bytes, media: str, charset: str | None, cut: bool,
         text = decode.to_text(data, codec, cut)
         if text is None:
             raise decode.Undecodable(f"body is not valid {codec}")
-        if scanner is not None and codec not in decode.ASCII_COMPATIBLE and \
+        if scanner is not None and not decode.ascii_compatible(codec) and \
                 scanner.may_hold(latin := data.decode("latin-1"), latin.encode()):
             # ASCII bytes sent as UTF-16 read as other characters, and give the ASCII back
             # to whoever encodes them again: what the bytes say must be scanned too.
@@ -204,16 +219,49 @@ def _redact_text(r: Redactor, body: Body, text: str, media: str, cut: bool,
                 redacted = orjson.dumps(value).decode()
                 if small and media != _FORM and isinstance(value, dict):
                     body.json = [[k, v] for k, v in value.items()]
+            elif "\n" in stripped.rstrip() and _NDJSON_SHAPE.match(stripped):
+                redacted = _ndjson(r, text, deadline)  # JSON lines under a JSON type
         if redacted is None and (media == _FORM or _FORM_SHAPE.fullmatch(text)):
             redacted, pairs = r.pairs(text, deadline)
             if small and media == _FORM:
                 body.form = pairs
+    if redacted is None and _YAML_SECRET.search(text):
+        # A Kubernetes Secret in YAML: its data are base64 under neutral names.
+        raise decode.Undecodable("a Kubernetes Secret manifest")
+    if redacted is None and media in ("text/csv", "application/csv"):
+        redacted = _csv(r, text, deadline)
     if redacted is None:
         redacted = r.scrub(text, deadline)
     body.text = cut_tail(redacted) if cut else redacted
 
 
 _NOT_JSON = object()
+_YAML_SECRET = re.compile(r"(?m)^kind:[ \t]*+[\"']?Secret[\"']?[ \t]*+$")
+
+
+def _csv(r: Redactor, text: str, deadline: Deadline) -> str | None:
+    """A CSV export whose header names secret columns (`password`, `api_key`, `cvv`): those
+    columns' values go in every row; the rest is scanned as text after. None when no column
+    is a secret's (the text rules then do it all)."""
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t|", key=first.count)
+    header = next(csv.reader([first], delimiter=delimiter), [])
+    actions = {i: action for i, name in enumerate(header)
+               if (action := r.rules.classify(name.strip())) is not None}
+    if not actions:
+        return None
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    for n, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter)):
+        if not n % 256:
+            deadline()
+        if n:
+            for i, action in actions.items():
+                if i < len(row) and row[i]:
+                    row[i] = r.replacement(row[i], action, field_class(header[i]))
+        writer.writerow(row)
+    return r.scrub(out.getvalue(), deadline)
+_NDJSON_SHAPE = re.compile(r"[\[{][^\n]*[\]}][ \t\r]*\n[ \t]*[\[{]")
 
 
 def _json(text: str) -> Any:
@@ -251,16 +299,22 @@ def _ndjson(r: Redactor, text: str, deadline: Deadline) -> str:
     return "\n".join(lines)
 
 
-def redact_json(r: Redactor, value: Any, deadline: Deadline) -> Any:
+def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> Any:
     """A parsed JSON value with every secret replaced: members by their names (any value
-    type: a secret's object or array goes whole), strings and keys by what the text scanner
-    finds in them, big integers that are card numbers, a value named by its neighbour
-    (`{"name": "DB_PASSWORD", "value": ...}`, `["pin", 1234]`). Walks without recursion."""
+    type), strings and keys by what the text scanner finds in them, big integers that are
+    card numbers, a value named by its neighbour (`{"name": "DB_PASSWORD", "value": ...}`,
+    `["pin", 1234]`), JSON inside a string. Walks without recursion.
+
+    A member whose name is a password's is replaced whole by the marker. One whose name is a
+    token's or a key's has its scalars fingerprinted one by one, and what inside it is named
+    like a password (`{"auth": {"user": ..., "password": ...}}`) still gets the marker: a
+    fingerprint of the whole would let anyone test a guess of the password inside it."""
     if isinstance(value, str):
         scrubbed = r.scrub_many([value], deadline)
         return value if scrubbed is None else scrubbed[0]
     if not isinstance(value, dict | list):
         return MARKER if _card_number(value) else value
+    _kubernetes_secrets(value)
     judged: dict[str, str | None] = {}  # keys repeat in every item of a list
     classify_name = r.rules.classify
 
@@ -273,35 +327,49 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline) -> Any:
     strings: list[str] = []
     where: list[tuple[Any, Any]] = []  # (container, key or index) of each string
     names: set[str] = set()  # every key, once: a key may itself be a secret (an e-mail)
-    stack = [value]
+    # (node, the class its scalars are fingerprinted with, or None)
+    stack: list[tuple[Any, str | None]] = [(value, None)]
     seen = next_check = 0
     while stack:
-        node = stack.pop()
+        node, inherited = stack.pop()
         seen += len(node)
         if seen >= next_check:
             deadline()
             next_check = seen + 4096
         if type(node) is dict:
-            if len(node) <= 8 and not _NAME_MEMBERS.isdisjoint(node):
-                _named_value(r, node)
+            if "kty" in node and type(node["kty"]) is str:
+                # A JSON Web Key: public but for its private members
+                for member in _JWK_PRIVATE.intersection(node):
+                    node[member] = MARKER
+                continue
+            done = _named_value(r, node) if len(node) <= 16 else _NOTHING
             names.update(node)
             for key, item in node.items():
+                if key in done:
+                    continue
                 action = judged.get(key, _UNJUDGED)
                 if action is _UNJUDGED:
                     action = judged[key] = classify_name(key)
-                if action is not None:
-                    if item is not None and type(item) is not bool:
-                        node[key] = MARKER if action == MARK else r.replacement(
-                            _canonical(item), action, field_class(key))
-                    continue
                 kind = type(item)
-                if kind is str:
-                    strings.append(item)
-                    where.append((node, key))
-                elif kind is dict or kind is list:
-                    stack.append(item)
-                elif kind is int and item >= 10**12 and _card_number(item):
+                if action is None and inherited is None:
+                    if kind is str:
+                        strings.append(item)
+                        where.append((node, key))
+                    elif kind is dict or kind is list:
+                        stack.append((item, None))
+                    elif (kind is int or kind is float) and item >= 10**12 \
+                            and _card_number(item):
+                        node[key] = MARKER
+                    continue
+                if item is None or kind is bool:
+                    continue
+                if action == MARK:
                     node[key] = MARKER
+                elif kind is dict or kind is list:
+                    stack.append((item, field_class(key) if action else inherited))
+                else:
+                    node[key] = r.replacement(_canonical(item), FINGERPRINT,
+                                              field_class(key) if action else inherited)
             continue
         if len(node) == 2 and type(node[0]) is str and node[1] is not None \
                 and type(node[1]) is not bool and (pair := classify(node[0])) is not None:
@@ -311,13 +379,28 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline) -> Any:
             continue
         for i, item in enumerate(node):
             kind = type(item)
-            if kind is str:
+            if kind is dict or kind is list:
+                stack.append((item, inherited))
+            elif inherited is not None:
+                if item is not None and kind is not bool:
+                    node[i] = r.replacement(_canonical(item), FINGERPRINT, inherited)
+            elif kind is str:
                 strings.append(item)
                 where.append((node, i))
-            elif kind is dict or kind is list:
-                stack.append(item)
-            elif kind is int and item >= 10**12 and _card_number(item):
+            elif (kind is int or kind is float) and item >= 10**12 and _card_number(item):
                 node[i] = MARKER
+    if depth < _EMBEDDED_DEPTH:
+        # JSON inside a string (an annotation, a payload field) is walked like any, and its
+        # string is then not scanned as text.
+        kept_strings, kept_where = [], []
+        for text, (node, key) in zip(strings, where, strict=True):
+            inner = _json(text) if _looks_like_json(text) else _NOT_JSON
+            if isinstance(inner, dict | list):
+                node[key] = orjson.dumps(redact_json(r, inner, deadline, depth + 1)).decode()
+            else:
+                kept_strings.append(text)
+                kept_where.append((node, key))
+        strings, where = kept_strings, kept_where
     scrubbed = r.scrub_many(strings, deadline)
     if scrubbed is not None:
         for (node, key), new in zip(where, scrubbed, strict=True):
@@ -326,6 +409,26 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline) -> Any:
     if renamed is not None:
         _rename_keys(value, dict(zip(sorted(names), renamed, strict=True)))
     return value
+
+
+_EMBEDDED_DEPTH = 3  # JSON in a string in a string in a string, at most
+_JWK_PRIVATE = frozenset(("d", "p", "q", "dp", "dq", "qi", "k", "oth"))  # RFC 7518
+
+
+def _kubernetes_secrets(value: Any) -> None:
+    """A Kubernetes Secret (or a list of them) holds its secrets base64-encoded under neutral
+    keys (`data`, `stringData`): every one of those values gets the marker."""
+    objects = value.get("items") if type(value) is dict and type(value.get("items")) is list \
+        else [value]
+    for obj in objects:
+        if type(obj) is dict and obj.get("kind") == "Secret":
+            for part in ("data", "stringData"):
+                if type(obj.get(part)) is dict:
+                    obj[part] = {k: MARKER for k in obj[part]}
+
+
+def _looks_like_json(text: str) -> bool:
+    return len(text) >= 2 and text[0] in "{[" and text[-1] in "}]"
 
 
 _UNJUDGED = object()
@@ -346,26 +449,58 @@ def _rename_keys(value: Any, renamed: dict[str, str]) -> None:
 
 
 # An object that is one setting by name: {"name": "DB_PASSWORD", "value": "..."} (Kubernetes
-# env, AWS SSM parameters, key/value lists). Its value goes when its name is a secret's.
+# env, GitLab and Vercel variables, key/value lists), {"ParameterKey": ..., "ParameterValue":
+# ...} (CloudFormation), {"Name": ..., "Type": "SecureString", "Value": ...} (AWS SSM). Its
+# value goes when its name is a secret's, or when its type says it is one.
 _NAME_WORDS = ("name", "key", "field", "param", "parameter", "variable", "var", "label",
-               "setting", "option")
+               "setting", "option", "id")
 _NAME_MEMBERS = frozenset(w for n in _NAME_WORDS for w in (n, n.title(), n.upper()))
-_VALUE_MEMBERS = frozenset(("value", "val", "data", "content", "default", "values"))
+_VALUE_MEMBERS = frozenset(("value", "val", "data", "content", "default", "values", "secret",
+                            "payload"))
+_SECRET_TYPES = frozenset(("securestring", "secret", "password", "masked", "encrypted"))
 
 
-def _named_value(r: Redactor, node: dict) -> None:
-    names = [v for k, v in node.items() if k in _NAME_MEMBERS and type(v) is str]
-    for name in names:
-        action = r.rules.classify(name)
-        if action is not None:
+def _named_value(r: Redactor, node: dict) -> frozenset[str]:
+    """Redact the value of a setting object whose name (or type) says it is a secret's; the
+    members it read as the name and the value, which the walk then leaves alone (the name is a
+    name, not a key's value; the value is done)."""
+    names = []
+    name_keys = []
+    values = []
+    secret_type = False
+    for key, item in node.items():
+        if type(key) is not str:
+            continue
+        lowered = key.lower()
+        if lowered in _VALUE_MEMBERS or (lowered.endswith("value") and len(lowered) > 5):
+            values.append(key)
+        elif type(item) is str and (lowered in _NAME_MEMBERS_LOWER or (lowered.endswith(
+                ("key", "name")) and len(lowered) > 3)):
+            names.append(item)
+            name_keys.append(key)
+        if lowered == "type" and type(item) is str and item.lower() in _SECRET_TYPES:
+            secret_type = True
+    if not values or not (names or secret_type):
+        return _NOTHING
+    action = MARK if secret_type else None
+    name = "value"
+    for candidate in names:
+        if (found := r.rules.classify(candidate)) is not None:
+            action, name = found, candidate
             break
-    else:
-        return
-    for key in list(node):
-        if key.lower() in _VALUE_MEMBERS and node[key] is not None \
-                and type(node[key]) is not bool:
+    if action is None:
+        return frozenset(name_keys)
+    for key in values:
+        if node[key] is not None and type(node[key]) is not bool:
             node[key] = MARKER if action == MARK else r.replacement(
                 _canonical(node[key]), action, field_class(name))
+    return frozenset(name_keys + values)
+
+
+_NOTHING: frozenset[str] = frozenset()
+
+
+_NAME_MEMBERS_LOWER = frozenset(_NAME_WORDS)
 
 
 def _canonical(value: Any) -> str:
@@ -373,8 +508,10 @@ def _canonical(value: Any) -> str:
 
 
 def _card_number(value: Any) -> bool:
-    """An integer that is a card number (timestamps in milliseconds start with 1: no card
-    does)."""
+    """An integer (or a float with no fraction) that is a card number (timestamps in
+    milliseconds start with 1: no card does)."""
+    if type(value) is float and value.is_integer() and 1e12 <= value < 1e19:
+        value = int(value)
     if type(value) is not int or not 10**12 <= value < 10**19:
         return False
     digits = str(value)

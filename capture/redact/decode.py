@@ -9,6 +9,7 @@ brotlicffi's `output_buffer_limit` (Brotli 1.1, which mitmproxy pins, cannot bou
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import zlib
 from collections.abc import Callable
@@ -31,12 +32,17 @@ ZSTD_MAX_WINDOW = 8 << 20
 # members one after another (each member costs a copy of what follows it).
 MAX_CODINGS = 4
 MAX_MEMBERS = 64
-# Charsets whose bytes for ASCII text are that text (the others need the bytes scanned too).
-ASCII_COMPATIBLE = frozenset((
-    "utf-8", "ascii", "latin-1", "iso8859-1", "cp1252", "iso8859-15", "cp1251", "cp1250",
-    "iso8859-2", "koi8-r", "koi8-u", "mac-roman", "shift_jis", "euc_jp", "gbk", "gb2312",
-    "gb18030", "big5", "euc_kr", "cp949", "iso8859-5", "iso8859-7", "iso8859-9", "cp437",
-    "cp850", "utf-8-sig", "windows-1252"))
+_ASCII_PROBE = "".join(map(chr, range(9, 127)))
+
+
+@functools.lru_cache(maxsize=256)
+def ascii_compatible(codec: str) -> bool:
+    """Whether a codec writes ASCII text as its ASCII bytes (UTF-8, ISO-8859-*, cp125x,
+    Shift_JIS; not UTF-16, UTF-32, EBCDIC), told by trying it."""
+    try:
+        return _ASCII_PROBE.encode(codec) == _ASCII_PROBE.encode("ascii")
+    except (UnicodeError, LookupError):
+        return False
 
 
 def codings(header_values: list[str]) -> list[str]:

@@ -34,7 +34,9 @@ FINGERPRINT = "fingerprint"
 ROOTS = ("pass", "pwd", "pw", "secret", "credential", "token", "auth", "key", "sess", "sid",
          "sig", "cookie", "csrf", "xsrf", "bearer", "jwt", "hmac", "assertion", "pin", "otp",
          "mfa", "2fa", "cvv", "cvc", "csc", "ssn", "code", "kennwort", "contrase", "verifier",
-         "saml", "ticket")
+         "saml", "ticket", "senha", "wachtwoord", "haslo", "hasło", "losenord", "lösenord",
+         "пароль", "pswd", "passwrd", "social", "answer", "mnemonic", "seed", "phrase",
+         "nonce", "honeycomb", "jfrog")
 
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
@@ -42,13 +44,15 @@ _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 # `xuserpassword`).
 _MARK_IN = re.compile(
     r"passwor|passwd|passphrase|passcode|pwd|secret(?!ar)|credential|pincode|pinnumber|2fa"
-    r"|motdepasse|kennwort|contrase|(?:sms|email|mail|totp|hotp|auth|login|mfa)otp"
+    r"|motdepasse|kennwort|contrase|senha|wachtwoord|haslo|hasło|losenord|lösenord|пароль"
+    r"|pswd|passwrd|socialsecurity|securityanswer|secretanswer|mnemonic|seedphrase"
+    r"|recoveryphrase|(?:sms|email|mail|totp|hotp|auth|login|mfa)otp"
     r"|(?:card|user|atm|sim|my|account)pin"
     r"|(?:verification|security|confirmation|reset|recovery|backup|activation|login|auth|sms"
-    r"|otp|mfa|onetime|pairing|magic|access|device)code")
+    r"|otp|mfa|onetime|pairing|magic|access|device|invite|invitation)code")
 _FINGERPRINT_IN = re.compile(
     r"auth(?!or(?!i[sz]))|token(?!i[sz])|session|sessid|cookie|csrf|xsrf|signature|bearer"
-    r"|jwt|hmac|assertion|apikey|accesskey|saml")
+    r"|jwt|hmac|assertion|apikey|accesskey|saml|wpnonce")
 # Whole words.
 _MARK_WORDS = frozenset(("pass", "pw", "pin", "otp", "totp", "hotp", "mfa", "2fa",
                          "cvv", "cvv2", "cvc", "cvc2", "csc", "ssn", "verifier"))
@@ -72,7 +76,8 @@ _FINGERPRINT_COMPOUND = re.compile(
 _CODE_QUALIFIERS = frozenset((
     "verification", "verify", "security", "otp", "mfa", "2fa", "sms", "reset", "confirmation",
     "confirm", "recovery", "backup", "activation", "login", "onetime", "one", "auth",
-    "authorization", "access", "device", "user", "pairing", "passcode", "magic", "factor"))
+    "authorization", "access", "device", "user", "pairing", "passcode", "magic", "factor",
+    "invite", "invitation"))
 
 # A fingerprint-class name is kept when it names something about the secret rather than the
 # secret: its last word is one of these (`token_type`, `token_endpoint`, `session_timeout`),
@@ -80,7 +85,7 @@ SAFE_LAST_WORDS = frozenset((
     "type", "types", "kind", "count", "counts", "limit", "limits", "usage", "expires",
     "expiry", "expiration", "ttl", "timeout", "lifetime", "length", "size", "endpoint", "url",
     "uri", "method", "version", "algorithm", "alg", "format", "name", "names", "policy",
-    "mode", "scope", "scopes", "required", "enabled", "hint", "id_type"))
+    "mode", "scope", "scopes", "required", "enabled", "hint", "id_type", "param", "domain"))
 # or it is one of these run into `key`/`keys` (a public or a data key, not a credential),
 SAFE_KEY_PREFIXES = frozenset((
     "public", "foreign", "sort", "partition", "cache", "idempotency", "object", "routing",
@@ -89,6 +94,8 @@ SAFE_KEY_PREFIXES = frozenset((
 TOKEN_COUNTS = frozenset((
     "max", "min", "prompt", "completion", "total", "input", "output", "cached", "reasoning",
     "audio", "accepted", "rejected", "num", "remaining"))
+# Credential headers of well-known services whose names say nothing of a secret.
+KNOWN_CREDENTIAL_HEADERS = frozenset(("x-honeycomb-team", "x-jfrog-art-api"))
 # Whole names known to be safe although a rule matches them.
 SAFE_NAMES = frozenset((
     "www-authenticate", "proxy-authenticate", "access-control-allow-credentials",
@@ -134,11 +141,14 @@ class NameRules:
             return FINGERPRINT
         if not any(root in lowered for root in ROOTS):
             return None
+        if lowered in KNOWN_CREDENTIAL_HEADERS:
+            return FINGERPRINT
         parts = words(name)
         joined = "".join(parts)
         if "_".join(parts) in self.safe or "-".join(parts) in self.safe:
             return None
-        if _MARK_IN.search(joined):
+        # The name as it is too: words() keeps ASCII letters only (пароль, lösenord).
+        if _MARK_IN.search(joined) or _MARK_IN.search(lowered):
             return MARK
         for i, word in enumerate(parts):
             if word in _MARK_WORDS or _MARK_COMPOUND.fullmatch(word):

@@ -13,6 +13,8 @@ What it does to each part of an exchange, and why, is in docs/security.md. In sh
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hmac
 import itertools
@@ -23,13 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
-from capture.redact.names import MARK, URL_SECRETS, NameRules, fingerprint_class
+from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS, NameRules, fingerprint_class
 from capture.redact.text import (
+    BudgetExceeded,
     Deadline,
     Hit,
     TextScanner,
     field_class,
+    is_card,
+    is_token,
+    merge,
     percent_unescape,
+    raw_span,
     unescaped,
 )
 
@@ -54,10 +61,6 @@ URL_HEADERS = frozenset((
 MAX_PARAMS = 10_000  # parameters listed per source; the raw text is redacted whatever this says
 # What headers() does with a header, by its name (or a (MARK|FINGERPRINT, class) pair).
 _PLAIN, _URL, _COOKIE, _AUTH = object(), object(), object(), object()
-
-
-class BudgetExceeded(Exception):
-    """Redaction of one body took longer than the budget allows."""
 
 
 def deadline_after(seconds: float) -> Deadline:
@@ -120,6 +123,7 @@ class Redactor:
         self._fingerprint_cached = functools.lru_cache(maxsize=4096)(self._fingerprint)
         self._header_kinds: dict[str, object] = {}
         self._clean: set[str] = set()
+        self._clean_paths: set[str] = set()
 
     # --- values ---------------------------------------------------------------------------
 
@@ -142,7 +146,12 @@ class Redactor:
         return PREFIX + hmac.digest(key, value, "sha256")[:8].hex()
 
     def replacement(self, value: str, action: str, cls: str) -> str:
-        return MARKER if action == MARK else self.fingerprint(value, cls)
+        """The marker, or the value's fingerprint; a value anyone could guess (an e-mail
+        address, a card number) gets the marker even where its field is fingerprinted: its
+        fingerprint would tell who is in the bucket to anyone who sends it."""
+        if action == MARK or guessable(value):
+            return MARKER
+        return self.fingerprint(value, cls)
 
     def apply(self, text: str, hits: list[Hit]) -> str:
         parts = []
@@ -160,12 +169,33 @@ class Redactor:
         families = self.scanner.families(text)
         if not families:
             return text
-        if "escapes" in families:
-            view = unescaped(text)
-            if view != text and (hits := self.scanner.hits(view, deadline)):
-                return self.apply(view, hits)
         hits = self.scanner.hits(text, deadline, families)
+        if "escapes" in families:
+            hits = merge(hits + self._escaped_hits(text, deadline))
         return self.apply(text, hits) if hits else text
+
+    def _hides_a_secret(self, value: str, deadline: Deadline | None) -> bool:
+        """Whether a whole value is base64 (16 characters or more) of text in which the
+        scanner finds a secret: a Kubernetes Secret's data, a base64 JSON principal."""
+        if len(value) < 16 or not _BASE64.fullmatch(value):
+            return False
+        try:
+            core = value.rstrip("=").replace("-", "+").replace("_", "/")
+            decoded = base64.b64decode(core + "=" * (-len(core) % 4), validate=True)
+            text = decoded.decode("utf-8")
+        except (binascii.Error, ValueError):
+            return False
+        return bool(self.scanner.may_hold(text) and self.scanner.hits(text, deadline))
+
+    def _escaped_hits(self, text: str, deadline: Deadline | None) -> list[Hit]:
+        """The hits of `text`'s unescaped view, mapped back onto `text`: what an escape hid
+        is replaced where it is, escapes and all, and nothing else of the text changes (an
+        escaped `&lt;script&gt;` stays escaped)."""
+        view, points = unescaped(text)
+        if view == text:
+            return []
+        return [(*raw_span(points, start, end), action, cls)
+                for start, end, action, cls in self.scanner.hits(view, deadline)]
 
     def scrub_many(self, strings: list[str], deadline: Deadline | None = None
                    ) -> list[str] | None:
@@ -187,6 +217,11 @@ class Redactor:
             base = starts[i]
             by_string.setdefault(i, []).append(
                 (start - base, min(end, starts[i + 1] - 1) - base, action, cls))
+        if "base64" in families:  # a value that is base64 of text holding a secret
+            for i, string in enumerate(strings):
+                if i not in by_string and self._hides_a_secret(string, deadline):
+                    out[i] = MARKER
+                    changed = True
         if "escapes" in families:  # the strings with escapes, each scanned decoded as well
             for i in {bisect_right(starts, m.start()) - 1
                       for m in self.scanner.escapes_in(joined)}:
@@ -232,7 +267,9 @@ class Redactor:
             values = [headers[i][1] for i in plain]
             scrubbed = self.scrub_many(values, deadline)
             if scrubbed is None:
-                self._known_clean(values)
+                # Only plain headers: a URL-bearing one still has its path to be looked at.
+                self._known_clean([v for i, v in zip(plain, values, strict=True)
+                                   if kinds.get(headers[i][0]) is _PLAIN])
             else:
                 for i, value in zip(plain, scrubbed, strict=True):
                     headers[i][1] = value
@@ -242,11 +279,13 @@ class Redactor:
                         headers[i][1] = self._url_paths(headers[i][1])
         return headers
 
-    def _known_clean(self, values: list[str]) -> None:
-        """Remember values the scanner found nothing in: headers repeat on every request
-        (Host, User-Agent, Accept, Server, Content-Type), and are then not scanned again.
-        Only clean values go in, so the cache cannot let a secret through; it is bounded."""
-        clean = self._clean
+    def _known_clean(self, values: list[str], clean: set[str] | None = None) -> None:
+        """Remember plain header values the scanner found nothing in: they repeat on every
+        request (Host, User-Agent, Accept, Server, Content-Type), and are then not scanned
+        again. Only values found clean by the same rules go in, so the cache cannot let a
+        secret through; it is bounded. Paths have a cache of their own (`clean`): a path is
+        clean only once its segments were looked at too."""
+        clean = self._clean if clean is None else clean
         if len(clean) > 4096:
             clean.clear()
         clean.update(v for v in values if len(v) <= 256)
@@ -268,9 +307,14 @@ class Redactor:
 
     def _authorization(self, value: str, cls: str) -> str:
         scheme, sep, credentials = value.strip().partition(" ")
-        if sep and scheme.lower() in AUTH_SCHEMES and credentials.strip():
-            return f"{scheme} {self.fingerprint(credentials.strip(), cls)}"
-        return self.fingerprint(value, cls)
+        credentials = credentials.strip()
+        if sep and scheme.lower() == "basic" and (user := _basic_user(credentials)) is not None:
+            # user:password: the user is fingerprinted (the principal), the password is a
+            # guessable value and goes whole; a fingerprint of both would be an oracle.
+            return f"{scheme} {self.fingerprint(user, cls + ':user')}:{MARKER}"
+        if sep and scheme.lower() in AUTH_SCHEMES and credentials:
+            return f"{scheme} {self.replacement(credentials, FINGERPRINT, cls)}"
+        return self.replacement(value, FINGERPRINT, cls)
 
     def _cookies(self, value: str, set_cookie: bool) -> str:
         if set_cookie:
@@ -289,7 +333,7 @@ class Redactor:
             return self.fingerprint(part.strip(), "cookie:") if part.strip() else part
         if not value.strip():
             return part
-        return f"{name}={self.fingerprint(value.strip(), 'cookie:' + name.strip())}"
+        return f"{name}={self.replacement(value.strip(), FINGERPRINT, 'cookie:' + name.strip())}"
 
     def _url_paths(self, value: str) -> str:
         """The path segments of the URLs in a header value that are tokens by their shape."""
@@ -302,11 +346,11 @@ class Redactor:
         """A URL path with whatever the text scanner finds (tokens by shape, matrix
         parameters, e-mail addresses) replaced, then segments that are high-entropy tokens
         fingerprinted. One pass each: what one put in, the other does not look at again."""
-        if path in self._clean:
+        if path in self._clean_paths:
             return path
         redacted = self._path_tokens(self.scrub(path, deadline))
         if redacted == path:
-            self._known_clean([path])
+            self._known_clean([path], self._clean_paths)
         return redacted
 
     def _path_tokens(self, path: str) -> str:
@@ -336,13 +380,15 @@ class Redactor:
         if not text:
             return text, []
         # "+" is a space once decoded: a card number sent as 4111+1111+... is one then.
-        if not self.scanner.may_hold(text.replace("+", " ") if "+" in text else text):
+        if not self.scanner.may_hold(text.replace("+", " ") if "+" in text else text) \
+                and not _LONG_RUN.search(text):
             return text, plain_pairs(text)
         classify = self.rules.classify
         parts = text.split("&")
         names: list[str] = []
         values: list[str] = []
         redo: list[int] = []  # parts whose value the scanner looks at
+        settings: dict[str, str] = {}  # the prefix of a setting named as a secret's
         for i, part in enumerate(parts):
             if deadline and not i % 1024:
                 deadline()
@@ -355,6 +401,12 @@ class Redactor:
                 else raw_value
             names.append(name)
             values.append(value)
+            last = _LAST_PART.search(name).group().lower()
+            if eq and last in _SETTING_NAME_PARTS and (named := classify(value)):
+                # Parameters.member.1.ParameterKey=DbPassword: a name, kept; the value of
+                # its setting (...ParameterValue=, ...Value=) is the secret.
+                settings[name[:len(name) - len(last)].rstrip(".")] = named
+                continue
             action = (classify(name) or (MARK if name.lower() in URL_SECRETS else None)) \
                 if eq else None
             if action is not None:
@@ -363,6 +415,29 @@ class Redactor:
                     parts[i] = f"{raw_name}={quote(values[i], safe=_SAFE)}"
             elif part:
                 redo.append(i)
+        if settings:
+            for i in list(redo):
+                name = names[i]
+                last = _LAST_PART.search(name).group().lower()
+                action = settings.get(name[:len(name) - len(last)].rstrip("."))
+                if action is not None and last.endswith("value") and values[i]:
+                    values[i] = self.replacement(values[i], action, "field:value")
+                    parts[i] = f"{parts[i].partition('=')[0]}={quote(values[i], safe=_SAFE)}"
+                    redo.remove(i)
+        tokens = []
+        for i in redo:  # a value (or a bare ?name) that is a random token: a capability
+            which = values[i] if values[i] else names[i]
+            if len(which) >= 20 and is_token(which):
+                fingerprint = self.fingerprint(which, field_class(names[i]) if values[i]
+                                               else "path")
+                if values[i]:
+                    values[i] = fingerprint
+                    parts[i] = f"{parts[i].partition('=')[0]}={fingerprint}"
+                else:
+                    names[i] = parts[i] = fingerprint
+                tokens.append(i)
+        if tokens:
+            redo = [i for i in redo if i not in set(tokens)]
         if redo:
             # Names too (a token sent as a bare `?eyJ...`), then the values.
             looked = [names[i] for i in redo] + [values[i] for i in redo]
@@ -390,29 +465,42 @@ class Redactor:
 _SAFE = ":[]"  # left as they are in a replaced value: fingerprints and markers stay readable
 _URL_PATH = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/\s?#<>\"']*+)(/[^\s?#<>\"']*+)")
 _RELATIVE_PATH = re.compile(r"(?<![^\s<=])/(?!/)[^\s?#<>\"']*+")  # "/a/b", "<...>", "url=/x"
-_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+=/]++")
-_BASE32 = re.compile(r"[A-Z2-7]{24,}+=*+")
 # Set-Cookie lines folded into one: a comma, then the next cookie's name and "=" (not the
 # comma inside an Expires date).
 _FOLDED = re.compile(r",[ \t]*+(?=[!#$%&'*+\-.^_`|~0-9A-Za-z]++=)")
 
 
-def is_token(segment: str) -> bool:
-    """A path segment that reads as a random token: 20 characters or more of a token's
-    alphabet, with letters and digits (or both cases) that change class often, unlike words,
-    slugs and numbers (`my-article-2024`, `ControllerName`, `20261201`)."""
-    if len(segment) < 20 or not _TOKEN_CHARS.fullmatch(segment):
+def _basic_user(credentials: str) -> str | None:
+    """The user of Basic credentials (base64 of user:password), or None."""
+    try:
+        decoded = base64.b64decode(credentials + "=" * (-len(credentials) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, _password = decoded.decode("utf-8", "replace").partition(":")
+    return user if colon else None
+
+
+def guessable(value: str) -> bool:
+    """A whole value that is an e-mail address, a card number, or user:password in base64
+    (Docker's "auth", Basic credentials under another name)."""
+    if len(value) > 320 or not value:
         return False
-    if _BASE32.fullmatch(segment) and any(c.isdigit() for c in segment):
-        return True  # base32 (TOTP seeds, some invite codes): upper case and 2-7
-    kinds = [0 if c.isdigit() else 1 if c.islower() else 2 for c in segment if c.isalnum()]
-    if len(kinds) < 16:
-        return False
-    changes = sum(1 for a, b in itertools.pairwise(kinds) if a != b) / len(kinds)
-    has = set(kinds)
-    if 0 in has and (1 in has or 2 in has):
-        return changes >= 0.3
-    return 1 in has and 2 in has and len(kinds) >= 24 and changes >= 0.45
+    if "@" in value:
+        return _WHOLE_EMAIL.fullmatch(value) is not None
+    if value[0] in "23456" and _CARD_VALUE.fullmatch(value) and is_card(value):
+        return True
+    return len(value) >= 8 and value[-1:] in "=0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" \
+        "abcdefghijklmnopqrstuvwxyz+/" and _basic_user(value) is not None
+
+
+# The part of a name that holds a setting's name: Tags.member.1.Key=..., ...ParameterKey=
+_SETTING_NAME_PARTS = frozenset(("key", "name", "parameterkey", "parametername", "optionname",
+                                 "settingname", "variablename", "varname", "keyname"))
+_LONG_RUN = re.compile(r"[A-Za-z0-9_\-]{20}")  # what could be a token under any name
+_LAST_PART = re.compile(r"[^.\[\]]*+\]?$")  # the last part of a name: member.1.ParameterKey
+_CARD_VALUE = re.compile(r"[0-9][0-9 .+\-]{11,30}+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_\-]{16,}+={0,2}+")
+_WHOLE_EMAIL = re.compile(r"[\w.%+\-]{1,64}@[\w\-]+(?:\.[\w\-]+)+")
 
 
 def plain_pairs(text: str) -> list[list[str]]:

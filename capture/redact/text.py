@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import html
+import itertools
 import re
 from collections.abc import Callable
 from urllib.parse import unquote
@@ -47,6 +49,11 @@ from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS, NameRules, fing
 Hit = tuple[int, int, str, str]
 
 Deadline = Callable[[], None]  # raises BudgetExceeded when the time is up
+MAX_HITS = 50_000  # in one text, where a deadline applies: more is a hostile body
+
+
+class BudgetExceeded(Exception):
+    """Redaction took longer than the budget allows (or would have: too many secrets)."""
 
 # Literals that start a token of a known shape (lower case; the test is case-insensitive).
 SHAPE_LITERALS = (
@@ -57,7 +64,7 @@ SHAPE_LITERALS = (
     "aiza", "ya29.", "1//", "sk-", "sg.", "npm_", "pypi-", "hf_", "dapi", "atatt3", "sq0",
     "lin_api_", "pmak-", "shpat_", "shpca_", "shppa_", "shpss_", "doo_v1_", "dop_v1_",
     "dor_v1_", "hvs.", "hvb.", "hvr.", "age-secret-key-", "nrak-", "dp.", "bearer", "basic",
-    "@", "-u ", "--user",
+    "@", "-u ", "--user", "gocspx-", "key-", "hrku-", "base64url.", "hooks.slack", "discord",
 )
 # Escapes that could spell a name or a token without its letters showing: JSON's \u, HTML's
 # character references, and percent-encoded letters, digits and URL delimiters.
@@ -107,19 +114,35 @@ _KEYS = [re.compile(p) for p in (
         (r"lin_api_", r"[A-Za-z0-9]{40}"), (r"PMAK-", r"[a-f0-9]{24}-[a-f0-9]{34}"),
         (r"shp", r"(?:at|ca|pa|ss)_[a-fA-F0-9]{32}"), (r"do", r"[opr]_v1_[a-f0-9]{64}"),
         (r"hv", r"[sbr]\.[A-Za-z0-9_\-]{20,}+"), (r"AGE-", r"SECRET-KEY-1[0-9A-Z]{58}"),
-        (r"NRAK-", r"[A-Z0-9]{27}"), (r"dp\.", r"(?:pt|st|sa|ct)\.[A-Za-z0-9]{40,}+"))),
+        (r"NRAK-", r"[A-Z0-9]{27}"), (r"dp\.", r"(?:pt|st|sa|ct)\.[A-Za-z0-9]{40,}+"),
+        (r"GOCSPX-", r"[A-Za-z0-9_\-]{20,}+"), (r"key-", r"[0-9a-f]{32}"),
+        (r"SK", r"[0-9a-fA-F]{32}(?![0-9a-fA-F])"), (r"sk\.", r"eyJ[A-Za-z0-9_\-.]{20,}+"),
+        (r"EAA", r"[A-D][A-Za-z0-9_\-]{40,}+"), (r"HRKU-", r"[A-Za-z0-9_\-]{20,}+"),
+        (r"base64url\.bearer\.authorization\.k8s\.io\.", r"[A-Za-z0-9_\-]++"))),
+    # Telegram and Discord bot tokens; Slack and Discord webhooks (the URL is the secret)
+    r"[0-9](?<![0-9][0-9])[0-9]{7,9}:AA[A-Za-z0-9_\-]{33,}+",
+    r"[MNO](?<![A-Za-z0-9_\-][MNO])[A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}",
+    r"hooks\.slack\.com/services/[A-Za-z0-9/]{20,}+",
+    r"discord(?:app)?\.com/api/webhooks/[0-9]++/[A-Za-z0-9_\-]++",
 )]
 # Whether a text holds any of the prefixes above (RE2, case as written).
 _KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]"
              "|gh[pousr]_|github_pat_|gl(?:pat|dt|rt|ptt|cbt|oas|imt|ft|soat|agent)-|gl(?:sa|c)_"
              "|xox[abposre]-|xapp-|[skr]k_(?:live|test)_|whsec_|AIza|ya29\\.|1//|sk-|SG\\."
              "|npm_|pypi-|hf_|dapi|ATATT3|sq0|lin_api_|PMAK-|shp(?:at|ca|pa|ss)_|do[opr]_v1_"
-             "|hv[sbr]\\.|AGE-SECRET|NRAK-|dp\\.")
+             "|hv[sbr]\\.|AGE-SECRET|NRAK-|dp\\.|GOCSPX-|key-[0-9a-f]{8}|SK[0-9a-fA-F]{32}"
+             "|sk\\.eyJ|EAA[A-D]|HRKU-|base64url\\.bearer\\.|[0-9]{8}:AA|hooks\\.slack\\.com/"
+             "|discord(?:app)?\\.com/api/webhooks/|[MNO][A-Za-z0-9_\\-]{23,25}\\.[A-Za-z0-9_\\-]{6}\\.")
 _USERINFO = re.compile(r"://([^\x00\s/?#@<>\"']++)@")
-_BEARER = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])earer[ \t]++([A-Za-z0-9._~+/\-]{8,}+=*+)")
-_BASIC = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])asic[ \t]++([A-Za-z0-9+/]{8,}+=*+)")
+_URL_IN_TEXT = re.compile(r"://[^\x00\s/?#<>\"']*+(/[^\x00\s?#<>\"']*+)")
+_BEARER = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])(?i:earer)[ \t]++([A-Za-z0-9._~+/\-]{8,}+=*+)")
+_BASIC = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])(?i:asic)[ \t]++([A-Za-z0-9+/]{8,}+=*+)")
 _CURL_USER = re.compile(r"-(?<![^\s\x00]-)(?:u|-user)[ \t=]++[^\s\x00:\"']++:([^\s\x00\"']++)")
 _EMAIL = re.compile(r"@([\w\-]++(?:\.[\w\-]++)++)")
+# logo@2x.png, app@1.2.3.tgz: file names, not addresses
+_FILE_TYPES = frozenset(("png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "css", "js", "mjs",
+                         "map", "json", "txt", "html", "htm", "xml", "pdf", "tgz", "gz", "woff",
+                         "woff2", "ttf", "mp4", "mp3", "wav", "webm", "avif"))
 _LOCAL_PART = re.compile(r"[\w.%+\-]{1,64}+")
 # A run of digits with single separators between them (a card is looked for in each).
 # Runs are taken 200 characters at a time, the next piece starting a card's length back.
@@ -132,11 +155,29 @@ _CARD_GATE = r"[2-6][0-9](?:[ .+\-]?[0-9]){11}"
 # --- name = value ------------------------------------------------------------------------
 
 _NAME_SEP = re.compile(
-    r"(?<![A-Za-z0-9_.%\-])-{0,2}+([A-Za-z_%][A-Za-z0-9_.%\-]*+)(?:\\?[\"']|\]){0,2}+"
+    r"(?<![A-Za-z0-9_.%\-</])(?<![A-Za-z0-9]:)-{0,2}+([A-Za-z_%][A-Za-z0-9_.%\-]*+)"
+    r"(?:\\?[\"']|\]){0,2}+"
     r"[ \t]*+(?::=|=>|[:=])(?![=/])[ \t]*+")
 _QUOTED_NAME = re.compile(r'"([^"\\\x00\r\n]{1,256}+)"[ \t]*+:[ \t]*+')
+# PHP's serialize(): s:8:"password";s:5:"value";
+_PHP_PAIR = re.compile(r's:[0-9]++:"([^"\x00]{1,128}+)";s:[0-9]++:(?=")')
+# Passwords given to command-line tools (mysql -pX, docker login -p X, sshpass -p X,
+# redis-cli -a X), and .netrc's "login X password Y".
+_CLI_PASSWORD = re.compile(
+    r"\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?)\b[^\n\x00]{0,512}?"
+    r"[ \t](?:-p|--password|-a)(?:[ \t]++|=)?+([\"']?+)([^\s\"'\x00]++)\1")
+_CLI_TOOLS = ("mysql", "mariadb", "sshpass", "docker", "redis-cli", "mongo")
+_NETRC = re.compile(r"\blogin[ \t\r\n]++[^\s\x00]++[ \t\r\n]++(?:password|passwd)[ \t]++"
+                    r"([^\s\x00]++)")
+# INSERT INTO t (a, password) VALUES ('x', 'y'): a value by its column's place.
+_SQL_INSERT = re.compile(r"(?i)\binsert[ \t\r\n]++into[ \t\r\n]++[\w.\"`\[\]]++[ \t\r\n]*+"
+                         r"\(([^()\x00]{1,2048}+)\)[ \t\r\n]*+values[ \t\r\n]*+\(")
+_SQL_VALUE = re.compile(r"'(?:[^'\x00]|'')*+'|[^,()\x00]++")
 # A name and its value as the arguments of a call: setItem("token", "..."), ["pin", "1234"].
 _CALL_PAIR = re.compile(r"""["']([^"'\\\x00\r\n]{1,128}+)["'][ \t]*+,[ \t]*+(?=["'])""")
+_SETTING_NAMES = frozenset(("name", "key", "parametername", "parameterkey", "optionname"))
+_SETTING_VALUES = frozenset(("value", "values", "data", "parametervalue"))
+_KEY_COLON = re.compile(r"[\"']?+[ \t]*+:[ \t]*+")
 # Header lines in text whose whole value is credentials, to the end of the line.
 _WHOLE_LINE = frozenset(("cookie", "set-cookie", "authorization", "proxy-authorization"))
 _QUOTED = {
@@ -149,25 +190,36 @@ _BARE_MAX = 1024
 _BARE = re.compile(r"[^\x00\s&\"'<>{}\[\]\\]++"
                    # "&" belongs to the value unless a pair follows it (a query's next pair)
                    r"(?:&(?![^\x00\s&=]*+=)[^\x00\s&\"'<>{}\[\]\\]*+)*+"
-                   r"(?:[ \t]++[^\x00\s&\"'<>{}\[\]\\=:]++(?![ \t]*+[=:]))*+")
+                   r"(?:[ \t]++[^\x00\s&\"'<>{}\[\]\\=:|?]++(?![ \t]*+[=:]))*+")
 _LINE = re.compile(rf"[^\x00\r\n]{{1,{_BARE_MAX}}}+")
+_FALLBACK = re.compile(r"[ \t]*+(?:\|\||\?\?|\bor\b)[ \t]*+")
+_YAML_TAG = re.compile(r"[&!][^\s\x00]*+[ \t]++")
+_NEXT_LINE = re.compile(r"\r?\n[ \t]++([^\s\x00][^\x00\r\n]{0,1023}+)")
 _BLOCK = re.compile(r"[|>][+\-0-9]*+[ \t]*+(?=\r?\n)")  # YAML's block scalar indicators
 _BRACKETS = re.compile(r'[\[\]{}"\\\x00]')
 
 # --- markup ------------------------------------------------------------------------------
 
 _OPEN_TAG = re.compile(r"<([A-Za-z_][A-Za-z0-9_.:\-]*+)([^<>\x00]*+)(>?)")
-_NAMED = re.compile(r"""(?<![\w\-])(?:name|key)[ \t\r\n]*+=[ \t\r\n]*+["']?+([^"'\s<>]*+)""")
+_NAMED = re.compile(
+    r"""(?i)(?<![\w\-])(?:name|key)[ \t\r\n]*+=[ \t\r\n]*+["']?+([^"'\s<>]*+)""")
 _VALUED_TAG = re.compile(
     r"<([A-Za-z][A-Za-z0-9_.:\-]*+)[^<>\x00]*?(?<![A-Za-z0-9_\-])(?:value|content)[ \t]*+="
     r"[^<>\x00]*+>?")
 _KEY_ATTRS = ("name", "id", "key", "property")
 _ATTR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:.\-]*+)[ \t\r\n]*+=[ \t\r\n]*+"
                    r"(?:\"([^\"]*+)\"|'([^']*+)'|([^\s\"'>]++))")
-_NAME_ELEMENTS = frozenset(("key", "name"))  # plist's <key>, XML-RPC's <name>
+# Elements whose text names the value in the element after them: plist's <key>, XML-RPC's
+# <name>, HTML's definition and table headings and labels.
+_NAME_ELEMENTS = frozenset(("key", "name", "dt", "th", "label"))
+_CONTAINERS = frozenset(("dict", "member", "struct", "entry", "tr", "dl", "div", "p", "span",
+                         "b", "strong", "em", "i"))
+# HTML elements that have no content (their attributes are read by the tag rule)
+_VOID = frozenset(("area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr"))
 
-ALL_FAMILIES = frozenset(("pairs", "markup", "pem", "jwt", "keys", "userinfo", "auth",
-                          "email", "card"))
+ALL_FAMILIES = frozenset(("pairs", "markup", "pem", "jwt", "keys", "userinfo", "url", "auth",
+                          "email", "card", "base64"))
 # Every rule, and a flag: the text has escapes, so it is to be scanned decoded too.
 _ESCAPED = ALL_FAMILIES | {"escapes"}
 _NONE: frozenset[str] = frozenset()
@@ -192,6 +244,28 @@ def luhn(digits: str) -> bool:
 def is_card(candidate: str) -> bool:
     digits = _SEPARATOR.sub("", candidate)
     return 13 <= len(digits) <= 19 and luhn(digits)
+
+
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+=/]++")
+_BASE32 = re.compile(r"[A-Z2-7]{24,}+=*+")
+
+
+def is_token(segment: str) -> bool:
+    """A path segment that reads as a random token: 20 characters or more of a token's
+    alphabet, with letters and digits (or both cases) that change class often, unlike words,
+    slugs and numbers (`my-article-2024`, `ControllerName`, `20261201`); base32 too."""
+    if len(segment) < 20 or not _TOKEN_CHARS.fullmatch(segment):
+        return False
+    if _BASE32.fullmatch(segment) and any(c.isdigit() for c in segment):
+        return True  # base32 (TOTP seeds, some invite codes): upper case and 2-7
+    kinds = [0 if c.isdigit() else 1 if c.islower() else 2 for c in segment if c.isalnum()]
+    if len(kinds) < 16:
+        return False
+    changes = sum(1 for a, b in itertools.pairwise(kinds) if a != b) / len(kinds)
+    has = set(kinds)
+    if 0 in has and (1 in has or 2 in has):
+        return changes >= 0.3
+    return 1 in has and 2 in has and len(kinds) >= 24 and changes >= 0.45
 
 
 def cards_in(run: str) -> list[tuple[int, int]]:
@@ -245,19 +319,36 @@ class TextScanner:
         # only those then run, each a pass of Python's re.
         families = {
             # A root, then anything up to a separator (looser than the rule: a gate).
-            "pairs": rf"(?i)(?:{roots})[^\s=:&;,<>{{}}\[\]]*[\"'\]]{{0,3}}\s*(?::=|=>|[:=,])",
-            "markup": rf"(?i)<[^<>]*(?:{roots})",
+            "pairs": rf"(?i)(?:{roots})[^\s=:&;,<>{{}}\[\]]*[\"'\]]{{0,3}}\s*(?::=|=>|[:=,])"
+                     rf"|(?:name|key)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]*(?:{roots})"
+                     rf"|\"[^\"\n]*(?:{roots})[^\"\n]*\"\s*:"
+                     r"|s:[0-9]+:\""  # PHP's serialize()
+                     r"|\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?)\b"
+                     rf"|\blogin\s+\S+\s+(?:{roots})|(?i:\binsert\s+into\s)"
+                     r"|(?m:^kind:[ \t]*[\"']?Secret)",  # a Kubernetes Secret in YAML
+            "markup": rf"(?i)<[^<>]*(?:{roots})"
+                      rf"|<(?:\w+:)?\w*(?:name|key|dt|th|label)>[^<]*(?:{roots})",
             "pem": r"-----BEGIN ",
             "jwt": r"e(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}\.",
             "keys": _KEY_GATE,
             "userinfo": r"://[^\x00\s/?#@<>\"']+@",
+            "url": r"://[^\x00\s/?#<>\"']*/[^\x00\s?#<>\"']*[A-Za-z0-9_\-]{20}",
             "auth": r"(?i)(?:bearer|basic)[ \t]+[A-Za-z0-9]|(?:^|\s)(?:-u|--user)[ \t=]+\S+:",
             "email": r"[\w.%+\-]@\w",
             "card": _CARD_GATE,
+            # a whole string (between NULs) of base64: a value that may hide one
+            # (or a quoted string of mixed case in a text: a JSON value, before parsing)
+            "base64": r"(?:^|\x00)[A-Za-z0-9+/_\-]{16,}={0,2}(?:\x00|$)"
+                      r"|\"[A-Za-z0-9+/_\-]*(?:[a-z][A-Za-z0-9+/_\-]*[A-Z]|[A-Z][A-Za-z0-9+/_\-]*[a-z])"
+                      r"[A-Za-z0-9+/_\-]*={0,2}\"",
             "escapes": "(?i)" + _ESCAPES,
         }
         self._family_names = list(families)
-        self._set = re2.Set.SearchSet()
+        # A larger DFA cache than RE2's default (8 MiB): with every family in one set, the
+        # default one fills up and RE2 slows down by about a third (bench/redaction_cost.py).
+        options = re2.Options()
+        options.max_mem = 32 << 20
+        self._set = re2.Set.SearchSet(options)
         for pattern in families.values():
             self._set.Add(pattern.encode())
         self._set.Compile()
@@ -317,6 +408,10 @@ class TextScanner:
             found += self._pairs(text, deadline)
         if "markup" in families and "<" in text:
             found += self._markup(text, deadline)
+        if deadline:
+            if len(found) > MAX_HITS:  # sorting and replacing them would take long too
+                raise BudgetExceeded
+            deadline()
         return merge(found)
 
     def _shapes(self, text: str, families: frozenset[str], deadline: Deadline) -> list[Hit]:
@@ -340,6 +435,13 @@ class TextScanner:
             for pattern in _KEYS:
                 found += [(m.start(), m.end(), FINGERPRINT, "shape:key")
                           for m in _checked(pattern.finditer(text), deadline)]
+        if "url" in families:  # a token in the path of a URL anywhere (a reset link)
+            for m in _checked(_URL_IN_TEXT.finditer(text), deadline):
+                at = m.start(1)
+                for segment in m.group(1).split("/"):
+                    if len(segment) >= 20 and is_token(unquote(segment)):
+                        found.append((at, at + len(segment), FINGERPRINT, "path"))
+                    at += len(segment) + 1
         if "userinfo" in families:
             found += [(m.start(1), m.end(1), MARK, "shape:userinfo")
                       for m in _checked(_USERINFO.finditer(text), deadline)]
@@ -355,7 +457,8 @@ class TextScanner:
             for m in _checked(_EMAIL.finditer(text), deadline):
                 domain = m.group(1)
                 tld = domain.rpartition(".")[2]
-                if not (len(domain) <= 253 and 2 <= len(tld) <= 24 and tld.isalpha()):
+                if not (len(domain) <= 253 and 2 <= len(tld) <= 24 and (
+                        tld.isalpha() or tld.startswith("xn--"))) or tld.lower() in _FILE_TYPES:
                     continue
                 # The local part, read backwards from the "@" (at most 64 characters).
                 local = _LOCAL_PART.match(text[max(0, m.start() - 64):m.start()][::-1])
@@ -366,12 +469,30 @@ class TextScanner:
     def _pairs(self, text: str, deadline: Deadline | None) -> list[Hit]:
         found: list[Hit] = []
         classify = self.rules.classify
-        for pattern in (_NAME_SEP, _QUOTED_NAME, _CALL_PAIR):
+        found += self._positional(text, deadline)
+        for pattern in (_NAME_SEP, _QUOTED_NAME, _CALL_PAIR, _PHP_PAIR):
             covered = [0]
+            named = None  # (action, class, until): a "name: DB_PASSWORD" line just before
             for m in _resuming(pattern, text, covered, deadline):
                 name = m.group(1)
                 if "%" in name:
                     name = unquote(name)
+                lowered = name.lower()
+                if lowered in _SETTING_NAMES:
+                    # - name: DB_PASSWORD / value: ... (Kubernetes env, key/value lists)
+                    span = value_span(text, m.end())
+                    setting = text[span[0]:span[1]].strip("'\" ") if span else ""
+                    kind = classify(setting) if setting else None
+                    named = (kind, field_class(setting), m.end() + 512) if kind else None
+                    continue
+                if named is not None and lowered in _SETTING_VALUES and m.start() < named[2]:
+                    action, cls, _until = named
+                    named = None
+                    span = value_span(text, m.end())
+                    if span is not None:
+                        found.append((span[0], span[1], action, cls))
+                        covered[0] = span[1]
+                    continue
                 action = classify(name)
                 if action is None:
                     # `?code=...` in a URL: OAuth's authorization code, and the like.
@@ -384,11 +505,59 @@ class TextScanner:
                     span = (m.end(), line.end()) if line else None
                 else:
                     span = value_span(text, m.end())
+                    if pattern is _CALL_PAIR and span is not None and (
+                            colon := _KEY_COLON.match(text, span[1])):
+                        # "DB_PASSWORD", "value": "..." is a name, then a member: the value
+                        # is the member's
+                        span = value_span(text, colon.end())
                 if span is None:
                     continue
                 start, end = span
                 found.append((start, end, action, field_class(name)))
                 covered[0] = end  # names inside the value go with it
+        return found
+
+    def _positional(self, text: str, deadline: Deadline | None) -> list[Hit]:
+        """Secrets told by their place, not a name=value pair: command-line passwords,
+        .netrc, SQL INSERT values under a secret column."""
+        found: list[Hit] = []
+        # Each scan only where its words are: a literal search is a hundred times faster.
+        if any(tool in text for tool in _CLI_TOOLS):
+            for m in _CLI_PASSWORD.finditer(text):
+                found.append((m.start(2), m.end(2), MARK, "field:password"))
+        if "login" in text and "pass" in text:
+            for m in _NETRC.finditer(text):
+                found.append((m.start(1), m.end(1), MARK, "field:password"))
+        sql = _SQL_INSERT.finditer(text) if "INSERT" in text or "insert" in text else ()
+        for n, m in enumerate(sql):
+            if deadline and not n % 64:
+                deadline()
+            columns = [c.strip().strip('"`[]') for c in m.group(1).split(",")]
+            actions = {i: a for i, c in enumerate(columns) if (a := self.rules.classify(c))}
+            if not actions:
+                continue
+            values = []
+            pos = m.end()
+            while len(values) < len(columns):
+                v = _SQL_VALUE.match(text, pos)
+                if v is None:
+                    break
+                values.append((v.start(), v.end()))
+                pos = v.end()
+                while pos < len(text) and text[pos] in " \t\r\n":
+                    pos += 1
+                if pos >= len(text) or text[pos] != ",":
+                    break
+                pos += 1
+                while pos < len(text) and text[pos] in " \t\r\n":
+                    pos += 1
+            for i, action in actions.items():
+                if i < len(values):
+                    start, end = values[i]
+                    if text[start] == "'":
+                        start, end = start + 1, end - 1
+                    if end > start:
+                        found.append((start, end, action, field_class(columns[i])))
         return found
 
     def _markup(self, text: str, deadline: Deadline | None) -> list[Hit]:
@@ -403,7 +572,7 @@ class TextScanner:
             qname, attrs, closed = m.group(1), m.group(2), m.group(3)
             local = qname.rpartition(":")[2]
             if value_next is not None and local.lower() not in _NAME_ELEMENTS \
-                    and local.lower() not in ("dict", "member", "struct", "entry"):
+                    and local.lower() not in _CONTAINERS:
                 action, cls = value_next
                 value_next = None
                 end = self._element_end(text, qname, m.end())
@@ -411,13 +580,17 @@ class TextScanner:
                     found.append((m.end(), end, action, cls))
                     covered[0] = end
                 continue
-            if local.lower() in _NAME_ELEMENTS:  # <key>password</key>: names the next one
-                if closed:
-                    close = text.find("<", m.end())
-                    inner = text[m.end(): close if close >= 0 else len(text)].strip()
-                    if (inner_action := classify(inner)) is not None:
-                        value_next = (inner_action, field_class(inner))
-                continue
+            lowered = local.lower()
+            if closed and (lowered in _NAME_ELEMENTS or lowered.endswith(("key", "name"))):
+                # <key>password</key>, <ParameterKey>DbPassword</ParameterKey>,
+                # <dt>Password</dt>: the element names the one after it
+                close = text.find("<", m.end())
+                inner = text[m.end(): close if close >= 0 else len(text)].strip()
+                if len(inner) <= 128 and (inner_action := classify(inner)) is not None:
+                    value_next = (inner_action, field_class(inner))
+                    continue
+                if lowered in _NAME_ELEMENTS:
+                    continue
             action = classify(local)
             cls = field_class(local)
             if action is None and attrs:
@@ -426,7 +599,7 @@ class TextScanner:
                     cls = field_class(named.group(1))
             if action is None:
                 continue
-            if attrs.endswith("/") or not closed:
+            if attrs.endswith("/") or not closed or local.lower() in _VOID:
                 continue  # no content (its attributes are the pairs' and the tags' rule)
             end = self._element_end(text, qname, m.end())
             if end > m.end():
@@ -443,9 +616,12 @@ class TextScanner:
     @staticmethod
     def _element_end(text: str, qname: str, at: int) -> int:
         """Where the content of an element that opened before `at` ends: its closing tag,
-        the NUL that ends the string, or the end of the text."""
+        or, without one, the next tag (or the end of a text cut short); or the NUL that ends
+        the string."""
         end = text.find("</" + qname, at)
-        end = len(text) if end < 0 else end
+        if end < 0:
+            end = text.find("<", at)
+            end = len(text) if end < 0 else end
         nul = text.find("\x00", at, end)
         return nul if nul >= 0 else end
 
@@ -503,9 +679,18 @@ def value_span(text: str, at: int) -> tuple[int, int] | None:
     if at >= len(text):
         return None
     first = text[at]
+    if first in "&!" and (tag := _YAML_TAG.match(text, at)):  # password: &anchor value
+        at = tag.end()
+        if at >= len(text):
+            return None
+        first = text[at]
+    if first in "\r\n":  # password:\n  value (the value on the next, indented line)
+        nxt = _NEXT_LINE.match(text, at)
+        return (nxt.start(1), nxt.end(1)) if nxt else None
     if first in _QUOTED:
-        if text.startswith('"""', at):
-            end = text.find('"""', at + 3)
+        triple = first * 3
+        if text.startswith(triple, at):
+            end = text.find(triple, at + 3)
             end = _nul_or(text, at + 3, len(text) if end < 0 else end)
             return (at + 3, end) if end > at + 3 else None
         m = _QUOTED[first].match(text, at)
@@ -520,7 +705,15 @@ def value_span(text: str, at: int) -> tuple[int, int] | None:
     if first in "|>" and (block := _BLOCK.match(text, at)):
         return at, _block_end(text, at, block.end())
     m = _BARE.match(text, at, min(len(text), at + _BARE_MAX))
-    return (at, m.end()) if m else None
+    if m is None:
+        return None
+    end = m.end()
+    # process.env.JWT_SECRET || "fallback": the fallback is a secret too
+    if (fallback := _FALLBACK.match(text, end)) and text[fallback.end():fallback.end() + 1] \
+            in _QUOTED:
+        quoted = _QUOTED[text[fallback.end()]].match(text, fallback.end())
+        end = quoted.end()
+    return at, end
 
 
 def _nul_or(text: str, start: int, end: int) -> int:
@@ -607,15 +800,45 @@ def merge(hits: list[Hit]) -> list[Hit]:
 
 # --- escapes ---------------------------------------------------------------------------------
 
-_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+# One escape: an HTML character reference, a percent-encoded byte, a JSON \u escape.
+_ESCAPE = re.compile(r"&#[xX][0-9a-fA-F]{1,6};|&#[0-9]{1,7};|&[A-Za-z][A-Za-z0-9]{1,31};"
+                     r"|%[0-9A-Fa-f]{2}|\\u[0-9a-fA-F]{4}")
 
 
-def _json_unescape(text: str) -> str:
-    return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+def _unescape_one(escape: str) -> str:
+    if escape[0] == "%":
+        return chr(int(escape[1:], 16))  # a byte, read as ISO-8859-1: enough to scan ASCII
+    if escape[0] == "\\":
+        return chr(int(escape[2:], 16))
+    return html.unescape(escape)
+
+
+def unescaped(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """`text` with its escapes undone, and where the two line up: (position in the view,
+    position in `text`) at the start and end of every escape, to map a span of the view back
+    onto `text` (`raw_span`). Escapes of escapes (`%2561`) come out as escapes (`%61`), which
+    the name rule decodes again."""
+    parts: list[str] = []
+    points: list[tuple[int, int]] = [(0, 0)]
+    last = 0
+    at = 0  # position in the view
+    for m in _ESCAPE.finditer(text):
+        plain = text[last:m.start()]
+        parts.append(plain)
+        at += len(plain)
+        points.append((at, m.start()))
+        decoded = _unescape_one(m.group())
+        parts.append(decoded)
+        at += len(decoded)
+        points.append((at, m.end()))
+        last = m.end()
+    parts.append(text[last:])
+    return "".join(parts), points
 
 
 def percent_unescape(text: str) -> str:
-    for _ in range(3):  # double and triple encoding too
+    """Percent escapes undone, double and triple encoding too (`p%2561ssword`)."""
+    for _ in range(3):
         decoded = unquote(text)
         if decoded == text:
             break
@@ -623,19 +846,24 @@ def percent_unescape(text: str) -> str:
     return text
 
 
-VIEWS: tuple[Callable[[str], str], ...] = (html.unescape, percent_unescape, _json_unescape)
+def raw_span(points: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """The span of the text that a span of its unescaped view covers."""
+    views = [p[0] for p in points]
 
+    def raw(position: int, after: bool) -> int:
+        i = bisect.bisect_right(views, position) - 1
+        if after and i > 0 and views[i] == position and views[i - 1] == position:
+            i -= 1  # an escape that decoded to nothing: keep it outside
+        view_at, raw_at = points[i]
+        return raw_at + (position - view_at)
 
-def unescaped(text: str) -> str:
-    """`text` with JSON, HTML and percent escapes undone (each once, percent three times)."""
-    for view in VIEWS:
-        text = view(text)
-    return text
+    return raw(start, False), max(raw(start, False), raw(end, True))
 
 
 # --- the tail of a cut text --------------------------------------------------------------------
 
 _DELIMITER = re.compile(r"[\s\"'<>,;&=:{}\[\]()]")
+_TRAILING_DIGITS = re.compile(r"(?:[0-9]{2,}[ .+\-]){2,}+[0-9]*+\s*+$")
 _TAIL_WINDOW = 4096  # no token of a known shape is longer (PEM blocks are cut on their own)
 
 
@@ -647,4 +875,7 @@ def cut_tail(text: str) -> str:
     end = None
     for m in _DELIMITER.finditer(text, start):
         end = m.end()
-    return text[:end] if end is not None else text[:start]
+    text = text[:end] if end is not None else text[:start]
+    # A card number cut after some of its groups: the groups go too.
+    digits = _TRAILING_DIGITS.search(text[-64:])
+    return text[:len(text) - len(digits.group())] if digits else text

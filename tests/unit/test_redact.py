@@ -122,3 +122,42 @@ def test_scrub_many_maps_hits_back_to_each_string():
 def test_emails_can_be_kept():
     keep = Redactor(b"k", Policy(emails=False))
     assert keep.scrub("write to bob@example.com") == "write to bob@example.com"
+
+
+def test_a_url_header_seen_clean_does_not_let_the_same_path_through():
+    redactor = Redactor(b"k")
+    token = "AbC123xYz789QwE456rTy0"
+    out = dict(map(tuple, redactor.headers([["Location", f"/password/reset/{token}"]])))
+    assert token not in out["Location"]
+    path, _, _ = redactor.target(f"/password/reset/{token}", "")
+    assert token not in path
+    again, _, _ = redactor.target(f"/password/reset/{token}", "")
+    assert again == path  # the second time from the cache of clean paths: still redacted
+
+
+def test_basic_credentials_keep_the_user_and_lose_the_password():
+    import base64 as b64
+
+    value = "Basic " + b64.b64encode(b"alice:guess1").decode()
+    out = headers(("Authorization", value))["Authorization"]
+    assert out == f"Basic {R.fingerprint('alice', 'header:authorization:user')}:{MARKER}"
+    other = "Basic " + b64.b64encode(b"alice:guess2").decode()
+    assert headers(("Authorization", other))["Authorization"] == out  # no oracle
+
+
+def test_settings_named_in_query_style_parameters_and_tokens_under_any_name():
+    query = ("Action=CreateStack&Parameters.member.1.ParameterKey=DbPassword"
+             "&Parameters.member.1.ParameterValue=qpw1&Tags.member.1.Key=env"
+             "&Tags.member.1.Value=prod")
+    _, redacted, pairs = R.target("/", query)
+    assert "qpw1" not in redacted and "Tags.member.1.Value=prod" in redacted
+    assert ["Parameters.member.1.ParameterKey", "DbPassword"] in pairs
+    _, redacted, _ = R.target("/unsubscribe", "t=gtfGePOPvul9cMWE9p50UiWxwagzEvqM")
+    assert "gtfGe" not in redacted
+    _, redacted, _ = R.target("/magic", "zMHkvsfysXcOCG5t3fLMOQmNh1i1781K")
+    assert redacted.startswith("hmac:") and "hmac:hmac" not in redacted
+    assert R.target("/x", "q=internationalization")[1] == "q=internationalization"
+
+
+def test_e_mail_addresses_under_a_fingerprinted_name_get_the_marker():
+    assert headers(("X-Auth-Email", "alice@example.com"))["X-Auth-Email"] == MARKER

@@ -264,3 +264,66 @@ def test_withheld_bodies_digest_the_wire_bytes_per_deployment_key():
     data = b"\x00binary"
     assert body(data).digest != body(data, redactor=Redactor(b"other")).digest
     assert dec.codings(["gzip, identity", "br"]) == ["gzip", "br"]
+
+
+def test_a_password_inside_a_tokens_object_gets_the_marker_not_a_fingerprint():
+    # A fingerprint of the whole object would let anyone test a guess of the password in it.
+    doc = {"AuthParameters": {"USERNAME": "alice", "PASSWORD": "pw1"},
+           "auth": {"type": "bearer", "value": "tok1", "nested": ["tok2", 7]},
+           "auths": {"registry": {"auth": "dXNlcjpwdzI="}},
+           "session": {"owner": "bob@example.com"}}
+    out = orjson.loads(body(orjson.dumps(doc), "application/json").text)
+    assert out["AuthParameters"]["PASSWORD"] == MARKER
+    assert out["AuthParameters"]["USERNAME"].startswith("hmac:")
+    assert out["auth"]["value"].startswith("hmac:") and out["auth"]["nested"][0] != "tok2"
+    assert out["auths"]["registry"]["auth"] == MARKER  # base64 of user:password
+    assert out["session"]["owner"] == MARKER  # an e-mail address: guessable, no fingerprint
+
+
+def test_json_inside_a_string_and_settings_named_by_a_sibling():
+    manifest = {"metadata": {"annotations": {"last-applied": orjson.dumps(
+        {"env": [{"name": "DB_PASSWORD", "value": "pw3"}]}).decode()}},
+        "variables": [{"key": "DEPLOY_TOKEN", "value": "tok4", "protected": True, "masked": True,
+                       "raw": False, "environment_scope": "*", "description": None,
+                       "variable_type": "env_var", "hidden": False}],
+        "Parameters": [{"ParameterKey": "DbPassword", "ParameterValue": "pw5"}],
+        "Parameter": {"Name": "/prod/x", "Type": "SecureString", "Value": "pw6"},
+        "plain": [{"name": "REGION", "value": "eu-west-1"}]}
+    text = body(orjson.dumps(manifest), "application/json").text
+    for secret in ("pw3", "tok4", "pw5", "pw6"):
+        assert secret not in text, secret
+    assert "eu-west-1" in text
+
+
+def test_ndjson_served_as_json_is_read_line_by_line():
+    data = b'{"a": 1}\n{"name": "DB_PASSWORD", "value": "pw7"}\n'
+    assert "pw7" not in body(data, "application/json").text
+
+
+def test_kubernetes_secrets_csv_exports_and_base64_wrapped_values():
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "data": {"db": base64.b64encode(b"kpw1").decode()}}
+    assert "a3B3MQ" not in body(orjson.dumps(secret), "application/json").text
+    listed = {"kind": "SecretList", "items": [secret]}
+    assert "a3B3MQ" not in body(orjson.dumps(listed), "application/json").text
+    yaml = b"apiVersion: v1\nkind: Secret\ndata:\n  db: a3B3MQ==\n"
+    assert body(yaml, "application/yaml").withheld == "a Kubernetes Secret manifest"
+    csv_out = body(b"id,email,password\n1,a@x.org,cpw2\n", "text/csv").text
+    assert "cpw2" not in csv_out and "a@x.org" not in csv_out and csv_out.startswith("id,")
+    wrapped = base64.b64encode(b'{"user": "u", "password": "bpw3"}').decode()
+    out = orjson.loads(body(orjson.dumps({"principal": wrapped, "id": "0123456789abcdef0123"}),
+                            "application/json").text)
+    assert out == {"principal": MARKER, "id": "0123456789abcdef0123"}
+
+
+def test_json_web_keys_keep_their_public_members():
+    jwks = {"keys": [{"kty": "RSA", "kid": "k1", "n": "0vx7agoebG", "e": "AQAB"},
+                     {"kty": "oct", "k": "GawgguFyGrWKav7AX4VKUg"}]}
+    out = orjson.loads(body(orjson.dumps(jwks), "application/json").text)
+    assert out["keys"][0] == jwks["keys"][0] and out["keys"][1]["k"] == MARKER
+
+
+def test_grpc_web_text_is_binary_and_card_floats_are_cards():
+    assert body(b"AAAAACAKBWFsaWNl", "application/grpc-web-text").withheld
+    assert body(b'{"pan": 4111111111111111.0}', "application/json").text == \
+        '{"pan":"[redacted]"}'

@@ -2,10 +2,12 @@
 
 import pytest
 
+from capture.redact import Redactor
 from capture.redact.names import FINGERPRINT, MARK, NameRules
 from capture.redact.text import TextScanner, cut_tail, is_card, luhn, merge
 
 SCANNER = TextScanner(NameRules())
+R = Redactor(b"test-key")
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N"
 PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6\n"
        "-----END RSA PRIVATE KEY-----")
@@ -151,3 +153,76 @@ def test_cut_tail_drops_what_could_be_a_secrets_start(text, kept):
 def test_a_card_in_a_long_run_of_digit_groups_is_found_wherever_it_is(before):
     text = " ".join(["2222"] * before + ["4111 1111 1111 1111"] + ["3333"] * 60)
     assert found(text) == ["4111 1111 1111 1111"]
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("env:\n- name: DB_PASSWORD\n  value: kpw1\n- name: REGION\n  value: eu\n", "kpw1"),
+    ("password: &anchor ypw2\n", "ypw2"),
+    ("password:\n  ypw3\nnext: 1\n", "ypw3"),
+    ("secret = '''tpw4'''", "tpw4"),
+    ('query = """ mutation { login(password: "gpw5") } """', "gpw5"),
+    ("<member><name>password</name><value><string>xpw6</string></value></member>", "xpw6"),
+    ("<dict><key>password</key><string>ppw7</string></dict>", "ppw7"),
+    ("<dl><dt>Username</dt><dd>admin</dd><dt>Password</dt><dd>hpw8</dd></dl>", "hpw8"),
+    ('<Setting Name="DbPassword">spw9</Setting>', "spw9"),
+    ("<member><ParameterKey>DbPassword</ParameterKey><ParameterValue>cpw10</ParameterValue>",
+     "cpw10"),
+    ("+ mysql -h db -u root -pmpw11 -e 'select 1'", "mpw11"),
+    ("docker login -u ci -p dpw12 registry.example.com", "dpw12"),
+    ("sshpass -p 'spw13' ssh deploy@host", "spw13"),
+    ("machine api.example.com\n  login bot\n  password npw14\n", "npw14"),
+    ("INSERT INTO users (email, password) VALUES ('a@x.org', 'qpw15');", "qpw15"),
+    ('a:2:{s:8:"username";s:5:"alice";s:8:"password";s:6:"ppw16x";}', "ppw16x"),
+    ('{"user"=>"a", :api_secret => "rpw17"}', "rpw17"),
+    ('const jwtSecret = process.env.JWT_SECRET || "jpw18";', "jpw18"),
+    ('"DB_PASSWORD", "value": "cpw19"', "cpw19"),
+    ("--password=fpw20 --user=bob", "fpw20"),
+    ("PASSWORD            = apw21", "apw21"),
+])
+def test_names_in_more_syntaxes(text, secret):
+    assert secret not in R.scrub(text), R.scrub(text)
+
+
+@pytest.mark.parametrize("secret", [
+    "https://hooks.slack.com/services/T0ABC1234/B0ABC1234/abcdefghijklmnopqrstuvwx",
+    "https://discord.com/api/webhooks/123456789012345678/abcDEF-ghiJKL_mnoPQR0123456789",
+    "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw7",
+    "GOCSPX-abcdefghijklmnopqrstuvwx12",
+    "key-0123456789abcdef0123456789abcdef",
+    "SK0123456789abcdef0123456789abcdef",
+    "sk.eyJ1IjoibWFwYm94IiwiYSI6ImNrMTIzNDU2In0.abcdefghijkl",
+    "EAAAEnvZK2XhRkE0i2h0xGBkFyNNQVBDTYqKlq_lH3yFWlJuoCZVt5r8ZjU0pJ4B",
+    "HRKU-0123456789abcdef0123456789abcdef",
+    "base64url.bearer.authorization.k8s.io.ZXlKaGJHY2lPaUpTVXpJMU5pSjk",
+])
+def test_more_token_shapes(secret):
+    assert secret not in R.scrub(f"value {secret} loaded")
+
+
+def test_tokens_in_the_paths_of_urls_anywhere():
+    text = "<p>Reset it: https://app.test/reset/8f14e45fceea167a5a36dedd4bea2543 now</p>"
+    assert "8f14e45f" not in R.scrub(text) and "https://app.test/reset/" in R.scrub(text)
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("<saml2:Issuer>https://idp.example.com</saml2:Issuer>", "<saml2:Issuer>"),
+    ("xmlns:saml2='urn:oasis:names:tc:SAML:2.0:assertion'", "urn:oasis:names:tc:SAML:2.0"),
+    ("logo@2x.png and app@1.2.3.tgz", "logo@2x.png and app@1.2.3.tgz"),
+    ('<meta name="csrf-token" content="abc"><p>All the rest of the page</p>',
+     "<p>All the rest of the page</p>"),
+    ("mkdir -p /tmp/build", "mkdir -p /tmp/build"),
+])
+def test_what_looks_close_but_is_no_secret_stays(text, kept):
+    assert kept in R.scrub(text)
+
+
+def test_escaped_text_keeps_its_escapes_where_nothing_was_hidden():
+    text = '<div data-props="{&quot;csrfToken&quot;:&quot;esc1&quot;}">&lt;script&gt;</div>'
+    out = R.scrub(text)
+    assert "esc1" not in out and "&lt;script&gt;" in out and "&quot;csrfToken&quot;" in out
+    assert "alice" not in R.scrub("email=alice%40example.com&x=1")
+
+
+def test_upper_case_bearer_and_idn_domains():
+    assert "abcdefghijkl" not in R.scrub("BEARER abcdefghijkl")
+    assert "bob" not in R.scrub("write to bob@example.xn--p1ai")

@@ -7,6 +7,7 @@ tested on its own with mitmproxy's test flows.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl
@@ -21,6 +22,8 @@ from capture.record import wire_text
 from capture.redact.body import QUICK_BYTES, quick_text, redact_body
 from capture.redact.redactor import Body, BudgetExceeded, Redactor, deadline_after
 from capture.redact.text import Deadline
+
+log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -323,7 +326,8 @@ def build_record(
         try:
             path_text, query_text, query_pairs = redactor.target(path_text, query_text,
                                                                  deadline)
-        except BudgetExceeded:
+        except Exception as e:  # over the budget, or a bug: the request line is withheld
+            _note(e)
             path_text, query_text, query_pairs = WITHHELD, WITHHELD if query_text else "", []
         request_body, read = redacted_body_of(
             redactor, request, tap, body_cap, wanted,
@@ -395,12 +399,20 @@ def _redacted_headers(redactor: Redactor, headers: list[list[str]],
                       deadline: Deadline) -> list[list[str]]:
     try:
         return redactor.headers(headers, deadline)
-    except BudgetExceeded:  # the names stay, the values are withheld
+    except Exception as e:  # over the budget, or a bug: the names stay, the values go
+        _note(e)
         return [[name, WITHHELD] for name, _value in headers]
 
 
+def _note(error: Exception) -> None:
+    """Say (without the exchange's contents) that redaction failed for a reason other than
+    its budget: a record is still produced, with what failed withheld."""
+    if not isinstance(error, BudgetExceeded):
+        log.error("redaction failed (%s); the part is withheld", type(error).__name__)
+
+
 # What the record holds where redaction ran out of time: the path, the query, header values.
-WITHHELD = "[withheld: over the redaction budget]"
+WITHHELD = "[withheld: not redacted]"
 
 # The request headers build_record reads, beside listing them all.
 _WANTED = frozenset((b"host", b"content-type", b"content-encoding", b"x-forwarded-for",

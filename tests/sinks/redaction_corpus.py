@@ -265,7 +265,35 @@ def body_shapes() -> list[tuple[str, str, Callable[[], tuple[bytes, list[str]]]]
         a, b = secret(), secret()
         return f'{{"token": "{a}"}}\n{{"event": "login", "secret": "{b}"}}\n'.encode(), [a, b]
 
+    def kubernetes():
+        a, b = secret(), secret()
+        return orjson.dumps({"kind": "List", "items": [
+            {"kind": "Secret", "data": {"db": base64.b64encode(a.encode()).decode()}},
+            {"kind": "Deployment", "spec": {"containers": [{"env": [
+                {"name": "DB_PASSWORD", "value": b}, {"name": "REGION", "value": "eu"}]}]}}]}), \
+            [a, base64.b64encode(a.encode()).decode(), b]
+
+    def yaml_env():
+        a, b = secret(), secret()
+        return (f"env:\n- name: API_TOKEN\n  value: {a}\n- name: REGION\n  value: eu\n"
+                f"db:\n  password: &pw {b}\n").encode(), [a, b]
+
+    def logs():
+        a, b, c = secret(), secret(), secret()
+        return (f"+ mysql -u root -p{a} -e 'select 1'\n"
+                f"INSERT INTO users (email, password) VALUES ('x@example.com', '{b}');\n"
+                f"curl -u admin:{c} https://api.example.com/\n").encode(), [a, b, c]
+
+    def docker_config():
+        a = secret()
+        auth = base64.b64encode(f"bot:{a}".encode()).decode()
+        return orjson.dumps({"auths": {"registry.example.com": {"auth": auth}}}), [a, auth]
+
     return [
+        ("Kubernetes objects", "application/json", kubernetes),
+        ("YAML config", "application/yaml", yaml_env),
+        ("shell and SQL log", "text/plain", logs),
+        ("Docker config", "application/json", docker_config),
         ("JSON", "application/json", json_flat),
         ("nested JSON, non-string values", "application/json", json_nested),
         ("JSON with escaped and upper-case keys", "application/json", json_escaped_key),

@@ -1,6 +1,6 @@
 """The redaction corpus through the real proxy, Kafka, both sinks, PostgreSQL and S3.
 
-More than 150 cases (tests/sinks/redaction_corpus.py), each with secrets of its own, on the
+More than 250 cases (tests/sinks/redaction_corpus.py), each with secrets of its own, on the
 request and the response side, in every content coding: after they went through, every
 message on the topic, every row and every lake object is searched for every planted secret,
 as it is, with base64 bodies decoded and any compression inside them undone. Nothing may be

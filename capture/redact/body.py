@@ -236,7 +236,7 @@ def _redact_text(r: Redactor, body: Body, text: str, media: str, cut: bool,
 
 
 _NOT_JSON = object()
-_YAML_SECRET = re.compile(r"(?m)^kind:[ \t]*+[\"']?Secret[\"']?[ \t]*+$")
+_YAML_SECRET = re.compile(r"(?m)^[ \t\-]*+kind:[ \t]*+[\"']?Secret[\"']?[ \t]*+(?:#[^\n]*+)?\r?$")
 
 
 def _csv(r: Redactor, text: str, deadline: Deadline) -> str | None:
@@ -314,7 +314,6 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
         return value if scrubbed is None else scrubbed[0]
     if not isinstance(value, dict | list):
         return MARKER if _card_number(value) else value
-    _kubernetes_secrets(value)
     judged: dict[str, str | None] = {}  # keys repeat in every item of a list
     classify_name = r.rules.classify
 
@@ -337,12 +336,15 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
             deadline()
             next_check = seen + 4096
         if type(node) is dict:
+            if "kind" in node:
+                _kubernetes_secrets(node)
             if "kty" in node and type(node["kty"]) is str:
-                # A JSON Web Key: public but for its private members
+                # A JSON Web Key: public but for its private members, which go; the rest is
+                # walked like any object, but not fingerprinted for the key's name above it.
                 for member in _JWK_PRIVATE.intersection(node):
                     node[member] = MARKER
-                continue
-            done = _named_value(r, node) if len(node) <= 16 else _NOTHING
+                inherited = None
+            done = _named_value(r, node) if len(node) <= 64 else _NOTHING
             names.update(node)
             for key, item in node.items():
                 if key in done:
@@ -372,11 +374,13 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
                                               field_class(key) if action else inherited)
             continue
         if len(node) == 2 and type(node[0]) is str and node[1] is not None \
-                and type(node[1]) is not bool and (pair := classify(node[0])) is not None:
+                and type(node[1]) is not bool and _name_like(node[0]) \
+                and (pair := classify(node[0])) is not None:
             # ["password", "..."]: a pair in a list (form fields, header lists)
             node[1] = MARKER if pair == MARK else r.replacement(
                 _canonical(node[1]), pair, field_class(node[0]))
             continue
+        _argv(r, node, classify)
         for i, item in enumerate(node):
             kind = type(item)
             if kind is dict or kind is list:
@@ -397,6 +401,8 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
             inner = _json(text) if _looks_like_json(text) else _NOT_JSON
             if isinstance(inner, dict | list):
                 node[key] = orjson.dumps(redact_json(r, inner, deadline, depth + 1)).decode()
+            elif "kind" in text and _YAML_SECRET.search(text):
+                node[key] = MARKER  # a Kubernetes Secret manifest in a string
             else:
                 kept_strings.append(text)
                 kept_where.append((node, key))
@@ -411,20 +417,30 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
     return value
 
 
+def _name_like(text: str) -> bool:
+    """A string that could be a field's name (not a line of a PEM block or a sentence)."""
+    return len(text) <= 64 and not any(c in text for c in "\n\r\t") and "-----" not in text
+
+
 _EMBEDDED_DEPTH = 3  # JSON in a string in a string in a string, at most
 _JWK_PRIVATE = frozenset(("d", "p", "q", "dp", "dq", "qi", "k", "oth"))  # RFC 7518
 
 
-def _kubernetes_secrets(value: Any) -> None:
-    """A Kubernetes Secret (or a list of them) holds its secrets base64-encoded under neutral
-    keys (`data`, `stringData`): every one of those values gets the marker."""
-    objects = value.get("items") if type(value) is dict and type(value.get("items")) is list \
-        else [value]
-    for obj in objects:
-        if type(obj) is dict and obj.get("kind") == "Secret":
-            for part in ("data", "stringData"):
-                if type(obj.get(part)) is dict:
-                    obj[part] = {k: MARKER for k in obj[part]}
+def _kubernetes_secrets(node: dict) -> None:
+    """A Kubernetes Secret holds its secrets base64-encoded under neutral keys (`data`,
+    `stringData`): every one of those values gets the marker. So do the items of a
+    SecretList, which the API sends without their own kind."""
+    kind = node.get("kind")
+    if kind == "Secret":
+        secrets = [node]
+    elif type(kind) is str and kind.endswith("SecretList") and type(node.get("items")) is list:
+        secrets = [item for item in node["items"] if type(item) is dict]
+    else:
+        return
+    for obj in secrets:
+        for part in ("data", "stringData"):
+            if type(obj.get(part)) is dict:
+                obj[part] = {k: MARKER for k in obj[part]}
 
 
 def _looks_like_json(text: str) -> bool:
@@ -432,6 +448,18 @@ def _looks_like_json(text: str) -> bool:
 
 
 _UNJUDGED = object()
+
+
+def _argv(r: Redactor, node: list, classify) -> None:
+    """["--password", "...", ...]: a command line as a list; the value after an option whose
+    name is a secret's."""
+    for i in range(len(node) - 1):
+        option = node[i]
+        if type(option) is str and option[:1] == "-" and len(option) <= 64 \
+                and "=" not in option and type(node[i + 1]) is str \
+                and (action := classify(option.lstrip("-"))) is not None:
+            node[i + 1] = MARKER if action == MARK else r.replacement(
+                node[i + 1], action, field_class(option.lstrip("-")))
 
 
 def _rename_keys(value: Any, renamed: dict[str, str]) -> None:
@@ -453,11 +481,15 @@ def _rename_keys(value: Any, renamed: dict[str, str]) -> None:
 # ...} (CloudFormation), {"Name": ..., "Type": "SecureString", "Value": ...} (AWS SSM). Its
 # value goes when its name is a secret's, or when its type says it is one.
 _NAME_WORDS = ("name", "key", "field", "param", "parameter", "variable", "var", "label",
-               "setting", "option", "id")
+               "setting", "option", "id", "path", "header", "property", "attribute", "type")
 _NAME_MEMBERS = frozenset(w for n in _NAME_WORDS for w in (n, n.title(), n.upper()))
 _VALUE_MEMBERS = frozenset(("value", "val", "data", "content", "default", "values", "secret",
                             "payload"))
-_SECRET_TYPES = frozenset(("securestring", "secret", "password", "masked", "encrypted"))
+_SECRET_TYPES = frozenset(("securestring", "secret", "password", "masked", "encrypted",
+                           "concealed", "secret_text"))
+# Flags by which an object says its value is secret (Terraform, Azure DevOps, GitLab).
+_SECRET_FLAGS = frozenset(("sensitive", "issecret", "is_secret", "masked", "secure", "secret",
+                           "hidden"))
 
 
 def _named_value(r: Redactor, node: dict) -> frozenset[str]:
@@ -478,7 +510,8 @@ def _named_value(r: Redactor, node: dict) -> frozenset[str]:
                 ("key", "name")) and len(lowered) > 3)):
             names.append(item)
             name_keys.append(key)
-        if lowered == "type" and type(item) is str and item.lower() in _SECRET_TYPES:
+        if (lowered == "type" and type(item) is str and item.lower() in _SECRET_TYPES) or (
+                item is True and lowered in _SECRET_FLAGS):
             secret_type = True
     if not values or not (names or secret_type):
         return _NOTHING

@@ -213,10 +213,16 @@ class Redactor:
         changed = False
         by_string: dict[int, list[Hit]] = {}
         for start, end, action, cls in hits:
-            i = bisect_right(starts, start) - 1
-            base = starts[i]
-            by_string.setdefault(i, []).append(
-                (start - base, min(end, starts[i + 1] - 1) - base, action, cls))
+            # A span may cover several strings (a PEM key split over a JSON array of lines):
+            # each gets its part.
+            first = bisect_right(starts, start) - 1
+            last = max(first, bisect_right(starts, max(start, end - 1)) - 1)
+            for i in range(first, min(last, len(strings) - 1) + 1):
+                base = starts[i]
+                part_start, part_end = max(start, base), min(end, starts[i + 1] - 1)
+                if part_end > part_start or (part_end == part_start == base and i > first):
+                    by_string.setdefault(i, []).append(
+                        (part_start - base, part_end - base, action, cls))
         if "base64" in families:  # a value that is base64 of text holding a secret
             for i, string in enumerate(strings):
                 if i not in by_string and self._hides_a_secret(string, deadline):

@@ -327,3 +327,21 @@ def test_grpc_web_text_is_binary_and_card_floats_are_cards():
     assert body(b"AAAAACAKBWFsaWNl", "application/grpc-web-text").withheld
     assert body(b'{"pan": 4111111111111111.0}', "application/json").text == \
         '{"pan":"[redacted]"}'
+
+
+@pytest.mark.parametrize(("doc", "secret"), [
+    ({"args": ["--password", "jpw1", "--user", "bob"]}, "jpw1"),
+    ({"name": "db_password", "sensitive": True, "value": "jpw2"}, "jpw2"),
+    ({"key": "TOKEN", "value": "jpw3", "masked": True}, "jpw3"),
+    ({"label": "Login", "type": "concealed", "value": "jpw4"}, "jpw4"),
+    ({"items": [{"kind": "Secret", "stringData": {"x": "jpw5"}}]}, "jpw5"),
+    ({"config": "apiVersion: v1\nkind: Secret\nstringData:\n  db: jpw6\n"}, "jpw6"),
+    ({"chain": ["-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B",
+                "jpw7AgEAAoIBAQC7\n-----END PRIVATE KEY-----"]}, "MIIEvQIBADANBgkqhkiG9w0B"),
+    ({"jwk": {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vu", "d": "jpw8"},
+      "note": {"password": "jpw9"}}, "jpw8"),
+    ({"jwk": {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vu", "d": "jpw8"},
+      "note": {"password": "jpw9"}}, "jpw9"),
+])
+def test_json_that_says_a_value_is_secret(doc, secret):
+    assert secret not in body(orjson.dumps(doc), "application/json").text

@@ -36,7 +36,14 @@ ROOTS = ("pass", "pwd", "pw", "secret", "credential", "token", "auth", "key", "s
          "mfa", "2fa", "cvv", "cvc", "csc", "ssn", "code", "kennwort", "contrase", "verifier",
          "saml", "ticket", "senha", "wachtwoord", "haslo", "hasło", "losenord", "lösenord",
          "пароль", "pswd", "passwrd", "social", "answer", "mnemonic", "seed", "phrase",
-         "nonce", "honeycomb", "jfrog")
+         "nonce", "honeycomb", "jfrog", "clave", *(
+             # "password" in more languages: a root each (the part that always shows)
+             "passord", "adgangskode", "salasana", "heslo", "parola", "şifre", "sifre",
+             "jelszó", "jelszo", "jelszav", "lozinka", "лозинка", "geslo", "parool",
+             "slaptažodis", "lykilorð", "wagwoord", "парола", "密码", "密碼", "口令",
+             "パスワード", "暗証番号", "비밀번호", "암호", "סיסמ", "كلمة", "رمز", "khẩu",
+             "sandi", "συνθηματικό", "πρόσβασης", "գաղտնաբառ", "პაროლი", "รหัสผ่าน",
+             "पासवर्ड", "parolă"))
 
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
@@ -45,6 +52,11 @@ _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _MARK_IN = re.compile(
     r"passwor|passwd|passphrase|passcode|pwd|secret(?!ar)|credential|pincode|pinnumber|2fa"
     r"|motdepasse|kennwort|contrase|senha|wachtwoord|haslo|hasło|losenord|lösenord|пароль"
+    r"|passord|adgangskode|salasana|heslo|parol[aă]|[şs]ifre|jelsz[oó]|jelszav|lozinka"
+    r"|лозинка|geslo|parool|slaptažodis|lykilorð|wagwoord|парола|密码|密碼|口令|パスワード"
+    r"|暗証番号|비밀번호|암호|סיסמ|كلمة[\s_\-]?(?:ال)?(?:مرور|سر)|رمز[\s_\-]?عبور"
+    r"|mật[\s_\-]?khẩu|kata[\s_\-]?sandi|συνθηματικό|κωδικός[\s_\-]?πρόσβασης|գաղտնաբառ"
+    r"|პაროლი|รหัสผ่าน|पासवर्ड"
     r"|pswd|passwrd|socialsecurity|securityanswer|secretanswer|mnemonic|seedphrase"
     r"|recoveryphrase|(?:sms|email|mail|totp|hotp|auth|login|mfa)otp"
     r"|(?:card|user|atm|sim|my|account)pin"
@@ -55,7 +67,7 @@ _FINGERPRINT_IN = re.compile(
     r"|jwt|hmac|assertion|apikey|accesskey|saml|wpnonce")
 # Whole words.
 _MARK_WORDS = frozenset(("pass", "pw", "pin", "otp", "totp", "hotp", "mfa", "2fa",
-                         "cvv", "cvv2", "cvc", "cvc2", "csc", "ssn", "verifier"))
+                         "cvv", "cvv2", "cvc", "cvc2", "csc", "ssn", "verifier", "clave"))
 _FINGERPRINT_WORDS = frozenset(("key", "keys", "sid", "sig", "sess"))
 # Words that name a secret only as the last word (`sign` alone or `req_sign` is a signature;
 # `sign_in`, `sign_up` are not).
@@ -73,7 +85,7 @@ _FINGERPRINT_COMPOUND = re.compile(
 # After one of these, "code" is a one-time code. Alone it is mostly an error or status code
 # ({"code": 404}); OAuth's authorization code travels as `code=` in a URL or form, which the
 # redactor's URL and form rules take as a secret (`URL_SECRETS`).
-_CODE_QUALIFIERS = frozenset((
+CODE_QUALIFIERS = frozenset((
     "verification", "verify", "security", "otp", "mfa", "2fa", "sms", "reset", "confirmation",
     "confirm", "recovery", "backup", "activation", "login", "onetime", "one", "auth",
     "authorization", "access", "device", "user", "pairing", "passcode", "magic", "factor",
@@ -153,7 +165,7 @@ class NameRules:
         for i, word in enumerate(parts):
             if word in _MARK_WORDS or _MARK_COMPOUND.fullmatch(word):
                 return MARK
-            if word == "code" and i and parts[i - 1] in _CODE_QUALIFIERS:
+            if word == "code" and i and parts[i - 1] in CODE_QUALIFIERS:
                 return MARK
         found = _FINGERPRINT_IN.search(joined) is not None or parts[-1] in _LAST_WORDS or any(
             word in _FINGERPRINT_WORDS or _FINGERPRINT_COMPOUND.fullmatch(word)

@@ -43,7 +43,14 @@ from urllib.parse import unquote
 
 import re2
 
-from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS, NameRules, fingerprint_class
+from capture.redact.names import (
+    CODE_QUALIFIERS,
+    FINGERPRINT,
+    MARK,
+    URL_SECRETS,
+    NameRules,
+    fingerprint_class,
+)
 
 # A hit: (start, end, action, fingerprint class). Tuples, not objects: there can be many.
 Hit = tuple[int, int, str, str]
@@ -68,7 +75,7 @@ SHAPE_LITERALS = (
 )
 # Escapes that could spell a name or a token without its letters showing: JSON's \u, HTML's
 # character references, and percent-encoded letters, digits and URL delimiters.
-_ESCAPES = (r"\\u[0-9a-f]{4}|&#|&[a-z]{2,6};"
+_ESCAPES = (r"\\u[0-9a-f]{4}|\\u\{|\\x[2-7][0-9a-f]|&#|&[a-z]{2,6};"
             r"|%(?:[2-7][0-9a-f])")
 
 
@@ -124,7 +131,22 @@ _KEYS = [re.compile(p) for p in (
     r"[MNO](?<![A-Za-z0-9_\-][MNO])[A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38}",
     r"hooks\.slack\.com/services/[A-Za-z0-9/]{20,}+",
     r"discord(?:app)?\.com/api/webhooks/[0-9]++/[A-Za-z0-9_\-]++",
+    # Alibaba, JFrog, Azure client secrets, Mailchimp, Dropbox, Terraform Cloud
+    r"LTAI(?<![A-Za-z0-9_\-]LTAI)[A-Za-z0-9]{12,30}+",
+    r"AKCp(?<![A-Za-z0-9_\-]AKCp)[A-Za-z0-9]{60,}+",
+    r"[A-Za-z0-9_.\-]{3}8Q~[A-Za-z0-9_~.\-]{30,}+",
+    r"[0-9a-f](?<![0-9a-f][0-9a-f])[0-9a-f]{31}-us[0-9]{1,2}(?![0-9])",
+    r"sl\.(?<![A-Za-z0-9_\-.]sl\.)[A-Za-z0-9_\-]{60,}+",
+    r"[a-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{40,}+",
 )]
+# The convention most issuers now follow: a short lower-case prefix naming the issuer (and
+# the token's kind), a separator, and the random part: dckr_pat_..., sbp_..., xai-...
+# Whatever the prefix, the rest is taken for a token when it reads as random (`is_token`),
+# or is 32 hex digits or more.
+_PREFIXED_TOKEN = re.compile(r"[a-z](?<![A-Za-z0-9_\-.][a-z])[a-z0-9]{1,11}+[_\-]"
+                             r"([A-Za-z0-9_\-]{20,}+)")
+_HEX_RUN = re.compile(r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{32,}+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Whether a text holds any of the prefixes above (RE2, case as written).
 _KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]"
              "|gh[pousr]_|github_pat_|gl(?:pat|dt|rt|ptt|cbt|oas|imt|ft|soat|agent)-|gl(?:sa|c)_"
@@ -132,7 +154,8 @@ _KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-
              "|npm_|pypi-|hf_|dapi|ATATT3|sq0|lin_api_|PMAK-|shp(?:at|ca|pa|ss)_|do[opr]_v1_"
              "|hv[sbr]\\.|AGE-SECRET|NRAK-|dp\\.|GOCSPX-|key-[0-9a-f]{8}|SK[0-9a-fA-F]{32}"
              "|sk\\.eyJ|EAA[A-D]|HRKU-|base64url\\.bearer\\.|[0-9]{8}:AA|hooks\\.slack\\.com/"
-             "|discord(?:app)?\\.com/api/webhooks/|[MNO][A-Za-z0-9_\\-]{23,25}\\.[A-Za-z0-9_\\-]{6}\\.")
+             "|discord(?:app)?\\.com/api/webhooks/|[MNO][A-Za-z0-9_\\-]{23,25}\\.[A-Za-z0-9_\\-]{6}\\."
+             "|LTAI|AKCp|8Q~|[0-9a-f]{4}-us[0-9]|sl\\.[A-Za-z0-9_\\-]{8}|\\.atlasv1\\.")
 _USERINFO = re.compile(r"://([^\x00\s/?#@<>\"']++)@")
 _URL_IN_TEXT = re.compile(r"://[^\x00\s/?#<>\"']*+(/[^\x00\s?#<>\"']*+)")
 _BEARER = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])(?i:earer)[ \t]++([A-Za-z0-9._~+/\-]{8,}+=*+)")
@@ -155,18 +178,33 @@ _CARD_GATE = r"[2-6][0-9](?:[ .+\-]?[0-9]){11}"
 # --- name = value ------------------------------------------------------------------------
 
 _NAME_SEP = re.compile(
-    r"(?<![A-Za-z0-9_.%\-</])(?<![A-Za-z0-9]:)-{0,2}+([A-Za-z_%][A-Za-z0-9_.%\-]*+)"
+    r"(?<![\w.%\-<])(?<!</)(?<![A-Za-z0-9]:)-{0,2}+((?:[^\W\d]|%)[\w.%\-]*+)"
     r"(?:\\?[\"']|\]){0,2}+"
     r"[ \t]*+(?::=|=>|[:=])(?![=/])[ \t]*+")
 _QUOTED_NAME = re.compile(r'"([^"\\\x00\r\n]{1,256}+)"[ \t]*+:[ \t]*+')
+# $env:DB_PASSWORD = "..." (PowerShell), a:password="..." (a namespaced attribute)
+_PREFIXED_NAME = re.compile(r"(?:\$env|(?<![\w:])(?!xmlns:)[A-Za-z][\w\-]*+):([A-Za-z_][\w.\-]*+)"
+                            r"[ \t]*+=(?!=)[ \t]*+")
+# A label in emphasis, then its value: **Password**: x, *Password*: x, <b>Password:</b> x
+_LABEL = re.compile(r"(?:\*\*?+|<(?:b|strong|em|i|span|label|th|td|dt)(?:\s[^<>]*+)?>)[ \t]*+"
+                    r"([A-Za-z][A-Za-z0-9 _.\-]{0,40}?)[ \t]*+:?[ \t]*+"
+                    r"(?:\*\*?+|</(?:b|strong|em|i|span|label|th|td|dt)>)[ \t]*+:?[ \t]*+")
+# OData and similar filters: Password eq 'x'
+_ODATA = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*+)[ \t]++(?:eq|ne)[ \t]++(?=')")
 # PHP's serialize(): s:8:"password";s:5:"value";
 _PHP_PAIR = re.compile(r's:[0-9]++:"([^"\x00]{1,128}+)";s:[0-9]++:(?=")')
 # Passwords given to command-line tools (mysql -pX, docker login -p X, sshpass -p X,
 # redis-cli -a X), and .netrc's "login X password Y".
 _CLI_PASSWORD = re.compile(
-    r"\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?)\b[^\n\x00]{0,512}?"
-    r"[ \t](?:-p|--password|-a)(?:[ \t]++|=)?+([\"']?+)([^\s\"'\x00]++)\1")
-_CLI_TOOLS = ("mysql", "mariadb", "sshpass", "docker", "redis-cli", "mongo")
+    r"\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?|ldapsearch|ldapmodify"
+    r"|ldapadd|ldapdelete|sqlcmd|keytool|jarsigner|az|openssl|htpasswd)\b[^\n\x00]{0,512}?"
+    r"[ \t](?:-passin[ \t]++pass:|-passout[ \t]++pass:|--password|-storepass|-keypass"
+    r"|-srcstorepass|-deststorepass|-p|-a|-w|-P)(?:[ \t]++|=)?+([\"']?+)([^\s\"'\x00]++)\1")
+# --password value, --api-token value: a long option whose name is a secret's, then its value
+_LONG_OPTION = re.compile(r"-(?<![^\s\"'\x00]-)-?+([A-Za-z][\w\-]{1,63}+)"
+                          r"[ \t]++([\"']?+)([^\s\"'\x00\-][^\s\"'\x00]*+)\2")
+_CLI_TOOLS = ("mysql", "mariadb", "sshpass", "docker", "redis-cli", "mongo", "ldap", "sqlcmd",
+              "keytool", "jarsigner", "az ", "openssl", "htpasswd")
 _NETRC = re.compile(r"\blogin[ \t\r\n]++[^\s\x00]++[ \t\r\n]++(?:password|passwd)[ \t]++"
                     r"([^\s\x00]++)")
 # INSERT INTO t (a, password) VALUES ('x', 'y'): a value by its column's place.
@@ -206,12 +244,13 @@ _NAMED = re.compile(
 _VALUED_TAG = re.compile(
     r"<([A-Za-z][A-Za-z0-9_.:\-]*+)[^<>\x00]*?(?<![A-Za-z0-9_\-])(?:value|content)[ \t]*+="
     r"[^<>\x00]*+>?")
-_KEY_ATTRS = ("name", "id", "key", "property")
+_KEY_ATTRS = ("name", "id", "key", "property", "aria-label", "formcontrolname", "ng-model",
+              "v-model", "placeholder", "data-name")
 _ATTR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:.\-]*+)[ \t\r\n]*+=[ \t\r\n]*+"
                    r"(?:\"([^\"]*+)\"|'([^']*+)'|([^\s\"'>]++))")
 # Elements whose text names the value in the element after them: plist's <key>, XML-RPC's
 # <name>, HTML's definition and table headings and labels.
-_NAME_ELEMENTS = frozenset(("key", "name", "dt", "th", "label"))
+_NAME_ELEMENTS = frozenset(("key", "name", "dt", "th", "td", "label"))
 _CONTAINERS = frozenset(("dict", "member", "struct", "entry", "tr", "dl", "div", "p", "span",
                          "b", "strong", "em", "i"))
 # HTML elements that have no content (their attributes are read by the tag rule)
@@ -250,10 +289,11 @@ _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+=/]++")
 _BASE32 = re.compile(r"[A-Z2-7]{24,}+=*+")
 
 
-def is_token(segment: str) -> bool:
+def is_token(segment: str, changes_at_least: float = 0.3) -> bool:
     """A path segment that reads as a random token: 20 characters or more of a token's
     alphabet, with letters and digits (or both cases) that change class often, unlike words,
-    slugs and numbers (`my-article-2024`, `ControllerName`, `20261201`); base32 too."""
+    slugs and numbers (`my-article-2024`, `ControllerName`, `20261201`); base32 too. A
+    context that already says "token" (an issuer's prefix) asks for fewer changes."""
     if len(segment) < 20 or not _TOKEN_CHARS.fullmatch(segment):
         return False
     if _BASE32.fullmatch(segment) and any(c.isdigit() for c in segment):
@@ -264,8 +304,8 @@ def is_token(segment: str) -> bool:
     changes = sum(1 for a, b in itertools.pairwise(kinds) if a != b) / len(kinds)
     has = set(kinds)
     if 0 in has and (1 in has or 2 in has):
-        return changes >= 0.3
-    return 1 in has and 2 in has and len(kinds) >= 24 and changes >= 0.45
+        return changes >= changes_at_least
+    return 1 in has and 2 in has and len(kinds) >= 24 and changes >= changes_at_least * 1.5
 
 
 def cards_in(run: str) -> list[tuple[int, int]]:
@@ -323,14 +363,22 @@ class TextScanner:
                      rf"|(?:name|key)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]*(?:{roots})"
                      rf"|\"[^\"\n]*(?:{roots})[^\"\n]*\"\s*:"
                      r"|s:[0-9]+:\""  # PHP's serialize()
-                     r"|\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?)\b"
+                     r"|\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?|ldap\w*"
+                     r"|sqlcmd|keytool|jarsigner|az|openssl|htpasswd)\b"
                      rf"|\blogin\s+\S+\s+(?:{roots})|(?i:\binsert\s+into\s)"
-                     r"|(?m:^kind:[ \t]*[\"']?Secret)",  # a Kubernetes Secret in YAML
+                     rf"|-(?i:{roots})[\w\-]*[ \t]+[^\s\-]"  # --password value
+                     rf"|(?i:{roots})[\w.]*[ \t]+(?:eq|ne)[ \t]+'"  # OData: Password eq '...'
+                     r"|kind:[ \t]*[\"']?Secret"  # a Kubernetes Secret in YAML
+                     # an object that says its value is a secret (Terraform, GitLab, SSM)
+                     r"|(?i:\"(?:sensitive|is_?secret|masked|secure|hidden)\"\s*:\s*true)"
+                     r"|(?i:\"type\"\s*:\s*\"(?:securestring|concealed|secret_text)\")",
             "markup": rf"(?i)<[^<>]*(?:{roots})"
-                      rf"|<(?:\w+:)?\w*(?:name|key|dt|th|label)>[^<]*(?:{roots})",
+                      rf"|<(?:\w+:)?\w*(?:name|key|dt|th|td|label)>[^<]*(?:{roots})",
             "pem": r"-----BEGIN ",
             "jwt": r"e(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}\.",
             "keys": _KEY_GATE,
+            # a prefixed token: a lower-case prefix, a separator, 20 characters or more
+            "prefixed": r"[a-z0-9][_\-][A-Za-z0-9_\-]{20}",
             "userinfo": r"://[^\x00\s/?#@<>\"']+@",
             "url": r"://[^\x00\s/?#<>\"']*/[^\x00\s?#<>\"']*[A-Za-z0-9_\-]{20}",
             "auth": r"(?i)(?:bearer|basic)[ \t]+[A-Za-z0-9]|(?:^|\s)(?:-u|--user)[ \t=]+\S+:",
@@ -435,6 +483,12 @@ class TextScanner:
             for pattern in _KEYS:
                 found += [(m.start(), m.end(), FINGERPRINT, "shape:key")
                           for m in _checked(pattern.finditer(text), deadline)]
+        if "prefixed" in families:
+            for m in _checked(_PREFIXED_TOKEN.finditer(text), deadline):
+                rest = m.group(1)
+                if len(rest) >= 20 and (is_token(rest, 0.2) or _HEX_RUN.search(rest)) \
+                        and not _UUID.search(rest):
+                    found.append((m.start(), m.end(), FINGERPRINT, "shape:key"))
         if "url" in families:  # a token in the path of a URL anywhere (a reset link)
             for m in _checked(_URL_IN_TEXT.finditer(text), deadline):
                 at = m.start(1)
@@ -470,7 +524,8 @@ class TextScanner:
         found: list[Hit] = []
         classify = self.rules.classify
         found += self._positional(text, deadline)
-        for pattern in (_NAME_SEP, _QUOTED_NAME, _CALL_PAIR, _PHP_PAIR):
+        for pattern in (_NAME_SEP, _QUOTED_NAME, _CALL_PAIR, _PHP_PAIR, _PREFIXED_NAME, _LABEL,
+                        _ODATA):
             covered = [0]
             named = None  # (action, class, until): a "name: DB_PASSWORD" line just before
             for m in _resuming(pattern, text, covered, deadline):
@@ -494,6 +549,8 @@ class TextScanner:
                         covered[0] = span[1]
                     continue
                 action = classify(name)
+                if action is None and lowered == "code" and _qualified_code(text, m.start()):
+                    action = MARK  # "Your verification code: 123456"
                 if action is None:
                     # `?code=...` in a URL: OAuth's authorization code, and the like.
                     if not (name.lower() in URL_SECRETS and m.start() and text[m.start() - 1]
@@ -528,6 +585,12 @@ class TextScanner:
         if "login" in text and "pass" in text:
             for m in _NETRC.finditer(text):
                 found.append((m.start(1), m.end(1), MARK, "field:password"))
+        if "-" in text:
+            for n, m in enumerate(_LONG_OPTION.finditer(text)):
+                if deadline and not n % 256:
+                    deadline()
+                if action := self.rules.classify(m.group(1)):
+                    found.append((m.start(3), m.end(3), action, field_class(m.group(1))))
         sql = _SQL_INSERT.finditer(text) if "INSERT" in text or "insert" in text else ()
         for n, m in enumerate(sql):
             if deadline and not n % 64:
@@ -571,8 +634,17 @@ class TextScanner:
         for m in _resuming(_OPEN_TAG, text, covered, deadline):
             qname, attrs, closed = m.group(1), m.group(2), m.group(3)
             local = qname.rpartition(":")[2]
-            if value_next is not None and local.lower() not in _NAME_ELEMENTS \
-                    and local.lower() not in _CONTAINERS:
+            lowered = local.lower()
+            inner_action = None
+            if closed and (lowered in _NAME_ELEMENTS or lowered.endswith(("key", "name"))):
+                # <key>password</key>, <ParameterKey>DbPassword</ParameterKey>,
+                # <dt>Password</dt>, <td>Password</td>: the element names the one after it
+                close = text.find("<", m.end())
+                inner = text[m.end(): close if close >= 0 else len(text)].strip()
+                if len(inner) <= 128 and (inner_action := classify(inner)) is not None:
+                    value_next = (inner_action, field_class(inner))
+                    continue
+            if value_next is not None and lowered not in _CONTAINERS:
                 action, cls = value_next
                 value_next = None
                 end = self._element_end(text, qname, m.end())
@@ -580,17 +652,8 @@ class TextScanner:
                     found.append((m.end(), end, action, cls))
                     covered[0] = end
                 continue
-            lowered = local.lower()
-            if closed and (lowered in _NAME_ELEMENTS or lowered.endswith(("key", "name"))):
-                # <key>password</key>, <ParameterKey>DbPassword</ParameterKey>,
-                # <dt>Password</dt>: the element names the one after it
-                close = text.find("<", m.end())
-                inner = text[m.end(): close if close >= 0 else len(text)].strip()
-                if len(inner) <= 128 and (inner_action := classify(inner)) is not None:
-                    value_next = (inner_action, field_class(inner))
-                    continue
-                if lowered in _NAME_ELEMENTS:
-                    continue
+            if lowered in _NAME_ELEMENTS:
+                continue
             action = classify(local)
             cls = field_class(local)
             if action is None and attrs:
@@ -637,13 +700,25 @@ class TextScanner:
         for name in names:
             if action := self.rules.classify(name):
                 break
-        if action is None and "type" in attrs and attrs["type"][2].lower() == "password":
+        if action is None and (
+                ("type" in attrs and attrs["type"][2].lower() == "password")
+                or ("autocomplete" in attrs and attrs["autocomplete"][2].lower().endswith(
+                    ("-password", "one-time-code", "cc-number", "cc-csc")))):
             action, name = MARK, "password"
         if action is None:
             return []
         cls = field_class(name)
         return [(offset + attrs[k][0], offset + attrs[k][1], action, cls)
                 for k in ("value", "content") if k in attrs and attrs[k][1] > attrs[k][0]]
+
+
+_WORD_BEFORE = re.compile(r"([A-Za-z0-9]++)[ \t_\-]++$")
+
+
+def _qualified_code(text: str, at: int) -> bool:
+    """Whether the word before a `code` at `at` makes it a one-time code (login, sms, ...)."""
+    before = _WORD_BEFORE.search(text[max(0, at - 32):at])
+    return before is not None and before.group(1).lower() in CODE_QUALIFIERS
 
 
 def _no_deadline() -> None:
@@ -801,15 +876,21 @@ def merge(hits: list[Hit]) -> list[Hit]:
 # --- escapes ---------------------------------------------------------------------------------
 
 # One escape: an HTML character reference, a percent-encoded byte, a JSON \u escape.
-_ESCAPE = re.compile(r"&#[xX][0-9a-fA-F]{1,6};|&#[0-9]{1,7};|&[A-Za-z][A-Za-z0-9]{1,31};"
-                     r"|%[0-9A-Fa-f]{2}|\\u[0-9a-fA-F]{4}")
+_ESCAPE = re.compile(r"&#[xX][0-9a-fA-F]{1,6};?|&#[0-9]{1,7};?|&[A-Za-z][A-Za-z0-9]{1,31};"
+                     r"|%[0-9A-Fa-f]{2}|\\u[0-9a-fA-F]{4}|\\u\{[0-9a-fA-F]{1,6}\}"
+                     r"|\\x[0-9a-fA-F]{2}")
 
 
 def _unescape_one(escape: str) -> str:
     if escape[0] == "%":
         return chr(int(escape[1:], 16))  # a byte, read as ISO-8859-1: enough to scan ASCII
-    if escape[0] == "\\":
-        return chr(int(escape[2:], 16))
+    if escape[0] == "\\":  # \uXXXX, \u{X...}, \xXX
+        try:
+            return chr(int(escape[2:].strip("{}"), 16))
+        except (ValueError, OverflowError):
+            return escape
+    if escape[1] == "#" and not escape.endswith(";"):
+        escape += ";"  # &#112 without its semicolon, as browsers read it
     return html.unescape(escape)
 
 

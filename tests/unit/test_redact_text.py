@@ -1,5 +1,8 @@
 """Secrets in free text: shapes, name/value pairs, markup, and the tail of a cut text."""
 
+import random
+import string
+
 import pytest
 
 from capture.redact import Redactor
@@ -226,3 +229,55 @@ def test_escaped_text_keeps_its_escapes_where_nothing_was_hidden():
 def test_upper_case_bearer_and_idn_domains():
     assert "abcdefghijkl" not in R.scrub("BEARER abcdefghijkl")
     assert "bob" not in R.scrub("write to bob@example.xn--p1ai")
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("openssl pkcs12 -export -passout pass:opw1 -in a.pem", "opw1"),
+    ("keytool -list -storepass kpw2 -keystore ks.jks", "kpw2"),
+    ("app --db-password lpw3 --verbose", "lpw3"),
+    ("$env:DB_PASSWORD='epw4'", "epw4"),
+    ('<add key="db:password" value="npw5"/>', "npw5"),
+    ("**Password**: mpw6", "mpw6"),
+    ("<b>Password:</b> bpw7<br>", "bpw7"),
+    ("<tr><td>Password</td><td>tpw8</td></tr>", "tpw8"),
+    ('<input aria-label="Password" value="apw9">', "apw9"),
+    ('<input formcontrolname="password" value="fpw10">', "fpw10"),
+    ('<input autocomplete="current-password" name="p" value="cpw11">', "cpw11"),
+    ('<input autocomplete="one-time-code" name="c" value="493817">', "493817"),
+    ("password\\x3dxpw12", "xpw12"),
+    ("password\\u{3d}upw13", "upw13"),
+    ("password&#61hpw14 next", "hpw14"),
+    ("GET /reset/password=ppw15 HTTP/1.1", "ppw15"),
+    ("Your verification code: 572913", "572913"),
+    ("$filter=Password eq 'opw16'", "opw16"),
+])
+def test_tools_labels_markup_and_escapes(text, secret):
+    assert secret not in R.scrub(text), R.scrub(text)
+
+
+@pytest.mark.parametrize("text", [
+    "</password>", "<p>code: 200</p>", "$filter=status eq 'active'", "xmlns:password='urn:x'",
+])
+def test_their_look_alikes_stay(text):
+    assert R.scrub(text) == text
+
+
+@pytest.mark.parametrize("name", [
+    "пароль", "Пароль", "lösenord", "passord", "salasana", "heslo", "şifre", "jelszó", "lozinka",
+    "密码", "パスワード", "비밀번호", "סיסמה", "mật_khẩu", "kata_sandi", "clave",
+])
+def test_password_in_other_languages_and_scripts(name):
+    assert "lpw1" not in R.scrub(f"{name}: lpw1"), R.scrub(f"{name}: lpw1")
+    assert "lpw2" not in R.scrub(f'{{"{name}": "lpw2"}}')
+
+
+def test_issuer_prefixed_tokens_of_any_issuer():
+    # A prefix of letters, a separator, a random part: whatever issuer's, not a word's.
+    rng = random.Random(13)
+    alphabet = string.ascii_letters + string.digits
+    for prefix in ("dckr_pat_", "sbp_", "gsk_", "r8_", "xai-", "ntn_", "zz_", "acme-"):
+        token = prefix + "".join(rng.choice(alphabet) for _ in range(32))
+        assert token[-16:] not in R.scrub(f"value {token} loaded"), token
+    for kept in ("order-123e4567-e89b-12d3-a456-426614174000", "x86_64-linux-gnu-gcc-12",
+                 "created_at_2026_12_01_timestamp", "get_UserProfileSettingsPageHandler"):
+        assert R.scrub(kept) == kept

@@ -631,6 +631,7 @@ class TextScanner:
         classify = self.rules.classify
         covered = [0]
         value_next = None  # (action, class) for the element after a <key>password</key>
+        closings: dict[str, int] = {}
         for m in _resuming(_OPEN_TAG, text, covered, deadline):
             qname, attrs, closed = m.group(1), m.group(2), m.group(3)
             local = qname.rpartition(":")[2]
@@ -647,7 +648,7 @@ class TextScanner:
             if value_next is not None and lowered not in _CONTAINERS:
                 action, cls = value_next
                 value_next = None
-                end = self._element_end(text, qname, m.end())
+                end = self._element_end(text, qname, m.end(), closings)
                 if end > m.end() and not attrs.endswith("/"):
                     found.append((m.end(), end, action, cls))
                     covered[0] = end
@@ -664,7 +665,7 @@ class TextScanner:
                 continue
             if attrs.endswith("/") or not closed or local.lower() in _VOID:
                 continue  # no content (its attributes are the pairs' and the tags' rule)
-            end = self._element_end(text, qname, m.end())
+            end = self._element_end(text, qname, m.end(), closings)
             if end > m.end():
                 found.append((m.end(), end, action, cls))
                 covered[0] = end
@@ -677,11 +678,14 @@ class TextScanner:
         return found
 
     @staticmethod
-    def _element_end(text: str, qname: str, at: int) -> int:
+    def _element_end(text: str, qname: str, at: int, closings: dict[str, int]) -> int:
         """Where the content of an element that opened before `at` ends: its closing tag,
         or, without one, the next tag (or the end of a text cut short); or the NUL that ends
-        the string."""
-        end = text.find("</" + qname, at)
+        the string. `closings` keeps where each name's next closing tag is (-1: none), so
+        that many elements without one cost one search, not one each."""
+        end = closings.get(qname, 0)
+        if 0 <= end < at:
+            end = closings[qname] = text.find("</" + qname, at)
         if end < 0:
             end = text.find("<", at)
             end = len(text) if end < 0 else end

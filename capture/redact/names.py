@@ -65,6 +65,9 @@ _MARK_IN = re.compile(
 _FINGERPRINT_IN = re.compile(
     r"auth(?!or(?!i[sz]))|token(?!i[sz])|session|sessid|cookie|csrf|xsrf|signature|bearer"
     r"|jwt|hmac|assertion|apikey|accesskey|saml|wpnonce")
+# Words next to "pass" that make it something else than a password.
+_NOT_A_PASSWORD = frozenset(("through", "thru", "boarding", "bus", "season", "day", "ski",
+                             "event", "hall", "back", "fail", "rate", "by"))
 # Whole words.
 _MARK_WORDS = frozenset(("pass", "pw", "pin", "otp", "totp", "hotp", "mfa", "2fa",
                          "cvv", "cvv2", "cvc", "cvc2", "csc", "ssn", "verifier", "clave"))
@@ -97,11 +100,21 @@ SAFE_LAST_WORDS = frozenset((
     "type", "types", "kind", "count", "counts", "limit", "limits", "usage", "expires",
     "expiry", "expiration", "ttl", "timeout", "lifetime", "length", "size", "endpoint", "url",
     "uri", "method", "version", "algorithm", "alg", "format", "name", "names", "policy",
-    "mode", "scope", "scopes", "required", "enabled", "hint", "id_type", "param", "domain"))
-# or it is one of these run into `key`/`keys` (a public or a data key, not a credential),
+    "mode", "scope", "scopes", "required", "enabled", "hint", "id_type", "param", "domain",
+    "banner", "consent", "notice", "text"))
+# A password-class name is kept on fewer of them: its last word says what the value is about,
+# and none of these can be the secret itself (not `hint`, `hash`, `reset`: they may).
+MARK_SAFE_LAST_WORDS = frozenset((
+    "policy", "policies", "length", "type", "types", "required", "enabled", "disabled",
+    "expires", "expiry", "expiration", "ttl", "timeout", "lifetime", "algorithm", "alg",
+    "format", "strength", "complexity", "rules", "count", "attempts", "supported",
+    "endpoint", "url", "uri", "flow", "provider", "mode", "methods"))
+# or it is one of these run into `key`/`keys` (a public or a data key, not a credential; not
+# primary/secondary, which Azure's subscription and storage keys are called),
 SAFE_KEY_PREFIXES = frozenset((
     "public", "foreign", "sort", "partition", "cache", "idempotency", "object", "routing",
-    "row", "range", "shard", "hash", "dedup", "translation", "i18n", "lookup"))
+    "row", "range", "shard", "hash", "dedup", "translation", "i18n", "lookup",
+    "composite", "natural", "surrogate", "unique", "authorized", "known"))
 # or it counts tokens (`max_tokens`, `prompt_tokens`: the words of language-model APIs).
 TOKEN_COUNTS = frozenset((
     "max", "min", "prompt", "completion", "total", "input", "output", "cached", "reasoning",
@@ -159,10 +172,14 @@ class NameRules:
         joined = "".join(parts)
         if "_".join(parts) in self.safe or "-".join(parts) in self.safe:
             return None
+        if len(parts) > 1 and parts[-1] in MARK_SAFE_LAST_WORDS:
+            return None  # password_policy, pin_length, otp_type: about the secret, not it
         # The name as it is too: words() keeps ASCII letters only (пароль, lösenord).
         if _MARK_IN.search(joined) or _MARK_IN.search(lowered):
             return MARK
         for i, word in enumerate(parts):
+            if word == "pass" and _NOT_A_PASSWORD.intersection(parts[max(0, i - 1):i + 2]):
+                continue  # pass_through, boarding_pass, X-Pass-Through
             if word in _MARK_WORDS or _MARK_COMPOUND.fullmatch(word):
                 return MARK
             if word == "code" and i and parts[i - 1] in CODE_QUALIFIERS:

@@ -101,3 +101,18 @@ def test_long_names_are_judged_without_filling_the_cache():
 def test_fingerprint_class_is_the_words_run_together():
     assert fingerprint_class("api_key") == fingerprint_class("apiKey") == \
         fingerprint_class("Api-Key") == "apikey"
+
+
+@pytest.mark.parametrize("name", [
+    "password_policy", "password_min_length", "pin_length", "otp_type", "passcode_required",
+    "pass_through", "X-Pass-Through", "boarding_pass", "cookie_banner_text", "authorized_key",
+    "oauth_provider", "authentication_flow",
+])
+def test_names_about_a_secret_are_not_its_name(name):
+    assert RULES.classify(name) is None
+
+
+@pytest.mark.parametrize("name", ["password_hint", "db_pass", "user_pass", "primaryKey",
+                                  "secondaryKey", "password_reset"])
+def test_and_their_neighbours_still_are(name):
+    assert RULES.classify(name) is not None

@@ -64,7 +64,8 @@ class BudgetExceeded(Exception):
 
 # Literals that start a token of a known shape (lower case; the test is case-insensitive).
 SHAPE_LITERALS = (
-    "-----begin", "eyj", "eya", "ewo", "akia", "asia", "abia", "acca", "agpa", "aida", "aipa",
+    "-----begin", "---- begin", "putty-user-key-file-",
+    "eyj", "eya", "ewo", "akia", "asia", "abia", "acca", "agpa", "aida", "aipa",
     "anpa", "anva", "apka", "aroa", "asca", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
     "github_pat_", "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "gloas-", "glimt-", "glft-",
     "glsoat-", "glagent-", "glsa_", "glc_", "xox", "xapp-", "sk_", "rk_", "pk_", "whsec_",
@@ -98,7 +99,18 @@ def _trie(words: list[str]) -> str:
 
 # --- values by shape --------------------------------------------------------------------
 
-_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,64}+)-----")
+_PEM = re.compile(r"----(-?+) ?+BEGIN ([A-Z0-9 ]{1,64}+)----\1")
+_DATA_URI = re.compile(r"data:[\w/+.\-]*+(?:;[\w.\-]++=[^;,\s\x00]*+)*+;base64,"
+                       r"([A-Za-z0-9+/]++=*+)")
+_DATA_URI_MAX = 65536  # characters of a data URI decoded to be scanned (the rest goes too)
+# PuTTY's key files: the private lines, to the MAC line after them
+_PUTTY = re.compile(r"PuTTY-User-Key-File-[0-9]++:[^\x00]*?Private-Lines:[ \t]*+[0-9]++"
+                    r"[^\x00]*?(?:Private-MAC:[^\x00\r\n]*+|(?=\x00)|$)")
+# DER in base64 without PEM's armour: a SEQUENCE whose first member is a small INTEGER (the
+# version of PKCS#1, SEC1 and PKCS#8 private keys, and of PKCS#12 files). Certificates,
+# public keys and requests start with another SEQUENCE instead.
+_DER_B64 = re.compile(r"M(?<![A-Za-z0-9+/]M)[A-Za-z0-9+/]{40,}+={0,2}+")
+_PRIVATE_VERSIONS = (b"\x02\x01\x00", b"\x02\x01\x01", b"\x02\x01\x03")
 _JWT = re.compile(r"e(?<![A-Za-z0-9_\-]e)(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}+\.[A-Za-z0-9_\-]{4,}+\."
                   r"[A-Za-z0-9_\-]*+(?:\.[A-Za-z0-9_\-]*+){0,2}+")
 _KEYS = [re.compile(p) for p in (
@@ -137,7 +149,10 @@ _KEYS = [re.compile(p) for p in (
     r"[A-Za-z0-9_.\-]{3}8Q~[A-Za-z0-9_~.\-]{30,}+",
     r"[0-9a-f](?<![0-9a-f][0-9a-f])[0-9a-f]{31}-us[0-9]{1,2}(?![0-9])",
     r"sl\.(?<![A-Za-z0-9_\-.]sl\.)[A-Za-z0-9_\-]{60,}+",
-    r"[a-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{40,}+",
+    r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{40,}+",
+    # Airtable's personal access tokens, Braintree's access tokens
+    r"pat(?<![A-Za-z0-9_\-]pat)[A-Za-z0-9]{14}\.[a-f0-9]{64}",
+    r"access_token\$(?:production|sandbox)\$[0-9A-Za-z]{16}\$[0-9a-f]{32}",
 )]
 # The convention most issuers now follow: a short lower-case prefix naming the issuer (and
 # the token's kind), a separator, and the random part: dckr_pat_..., sbp_..., xai-...
@@ -155,7 +170,7 @@ _KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-
              "|hv[sbr]\\.|AGE-SECRET|NRAK-|dp\\.|GOCSPX-|key-[0-9a-f]{8}|SK[0-9a-fA-F]{32}"
              "|sk\\.eyJ|EAA[A-D]|HRKU-|base64url\\.bearer\\.|[0-9]{8}:AA|hooks\\.slack\\.com/"
              "|discord(?:app)?\\.com/api/webhooks/|[MNO][A-Za-z0-9_\\-]{23,25}\\.[A-Za-z0-9_\\-]{6}\\."
-             "|LTAI|AKCp|8Q~|[0-9a-f]{4}-us[0-9]|sl\\.[A-Za-z0-9_\\-]{8}|\\.atlasv1\\.")
+             "|LTAI|AKCp|8Q~|pat[A-Za-z0-9]{14}\\.|access_token\\$|[0-9a-f]{4}-us[0-9]|sl\\.[A-Za-z0-9_\\-]{8}|\\.atlasv1\\.")
 _USERINFO = re.compile(r"://([^\x00\s/?#@<>\"']++)@")
 _URL_IN_TEXT = re.compile(r"://[^\x00\s/?#<>\"']*+(/[^\x00\s?#<>\"']*+)")
 _BEARER = re.compile(r"[Bb](?<![A-Za-z0-9][Bb])(?i:earer)[ \t]++([A-Za-z0-9._~+/\-]{8,}+=*+)")
@@ -203,8 +218,32 @@ _CLI_PASSWORD = re.compile(
 # --password value, --api-token value: a long option whose name is a secret's, then its value
 _LONG_OPTION = re.compile(r"-(?<![^\s\"'\x00]-)-?+([A-Za-z][\w\-]{1,63}+)"
                           r"[ \t]++([\"']?+)([^\s\"'\x00\-][^\s\"'\x00]*+)\2")
+_CLI_MORE_TOOLS = ("htpasswd", "smbclient", "rpcclient", "smbmap", "net ", "SecureString",
+                   "securestring", "aws ")
 _CLI_TOOLS = ("mysql", "mariadb", "sshpass", "docker", "redis-cli", "mongo", "ldap", "sqlcmd",
               "keytool", "jarsigner", "az ", "openssl", "htpasswd")
+# More tools' ways: htpasswd -b FILE USER PASS, smbclient -U user%pass, PowerShell's
+# ConvertTo-SecureString "pass" -AsPlainText, aws configure set <secret name> VALUE.
+_CLI_MORE = re.compile(
+    r"\bhtpasswd[ \t]++(?:-[a-zA-Z]*+[ \t]++)*?-[a-zA-Z]*b[a-zA-Z]*+[ \t]++(?:-[a-zA-Z]++[ \t]++)*+"
+    r"(?:[^\s\x00-][^\s\x00]*+[ \t]++)?[^\s\x00]++[ \t]++([\"']?+)([^\s\"'\x00]++)\1"
+    r"|\b(?:smbclient|rpcclient|smbmap|net)\b[^\n\x00]{0,256}?[ \t](?:-U|--user)[ \t=]++"
+    r"[\"']?+[^\s%\x00\"']++%([^\s\x00\"']++)"
+    r"|(?i:ConvertTo-SecureString)[ \t]++(?:-String[ \t]++)?([\"'])([^\"'\x00\r\n]++)\4"
+    r"|\baws[ \t]++configure[ \t]++set[ \t]++([\w.]*(?:secret|token|password)[\w.]*+)[ \t]++"
+    r"([^\s\x00]++)")
+# Oracle's connect strings: user/password@host (JDBC thin, sqlplus and its kin)
+_ORACLE = re.compile(r"(?:jdbc:oracle:\w++:|\b(?:sqlplus|sqlldr|expdp|impdp|rman|exp|imp)"
+                     r"(?:[ \t]++-[A-Za-z]++)*+[ \t]++)[\w$#.\-]++/([^@\s/\x00\"']++)@")
+# Netscape's cookie jar (curl -c, browsers' exports): the seventh field is the cookie's value
+_COOKIE_JAR = re.compile(r"(?m)^(?:#HttpOnly_)?[^\s#\x00][^\t\r\n\x00]*+\t(?:TRUE|FALSE)\t"
+                         r"[^\t\r\n\x00]*+\t(?:TRUE|FALSE)\t-?[0-9]++\t[^\t\r\n\x00]*+\t"
+                         r"([^\t\r\n\x00]++)")
+# SMTP and IMAP: AUTH PLAIN <base64>, and AUTH LOGIN's answers after "Password:" (base64)
+_SMTP_AUTH = re.compile(r"(?i:\bAUTH[ \t]++PLAIN[ \t]++)([A-Za-z0-9+/=]++)"
+                        r"|334[ \t]++UGFzc3dvcmQ6[ \t]*+\r?\n(?:C:[ \t]*+)?([A-Za-z0-9+/=]++)")
+# A heredoc as a value: password = <<EOT ... EOT (Terraform, shells)
+_HEREDOC = re.compile(r"<<[-~]?+[\"']?+([A-Za-z_][A-Za-z0-9_]*+)[\"']?+[ \t]*+\r?\n")
 _NETRC = re.compile(r"\blogin[ \t\r\n]++[^\s\x00]++[ \t\r\n]++(?:password|passwd)[ \t]++"
                     r"([^\s\x00]++)")
 # INSERT INTO t (a, password) VALUES ('x', 'y'): a value by its column's place.
@@ -233,6 +272,7 @@ _LINE = re.compile(rf"[^\x00\r\n]{{1,{_BARE_MAX}}}+")
 _FALLBACK = re.compile(r"[ \t]*+(?:\|\||\?\?|\bor\b)[ \t]*+")
 _YAML_TAG = re.compile(r"[&!][^\s\x00]*+[ \t]++")
 _NEXT_LINE = re.compile(r"\r?\n[ \t]++([^\s\x00][^\x00\r\n]{0,1023}+)")
+_NEXT_ITEM = re.compile(r"\r?\n[ \t]*+(-[ \t][^\x00\r\n]{0,1023}+)")
 _BLOCK = re.compile(r"[|>][+\-0-9]*+[ \t]*+(?=\r?\n)")  # YAML's block scalar indicators
 _BRACKETS = re.compile(r'[\[\]{}"\\\x00]')
 
@@ -366,6 +406,10 @@ class TextScanner:
                      r"|\b(?:mysql|mysqldump|mariadb|sshpass|docker|redis-cli|mongosh?|ldap\w*"
                      r"|sqlcmd|keytool|jarsigner|az|openssl|htpasswd)\b"
                      rf"|\blogin\s+\S+\s+(?:{roots})|(?i:\binsert\s+into\s)"
+                     r"|\b(?:htpasswd|smbclient|rpcclient|smbmap|net|aws)\b|(?i:securestring)"
+                     r"|jdbc:oracle:|\b(?:sqlplus|sqlldr|expdp|impdp|rman|exp|imp)\b"
+                     r"|\t(?:TRUE|FALSE)\t|(?i:auth[ \t]+plain[ \t])|334[ \t]+UGFzc3dvcmQ6"
+                     rf"|(?:{roots})[^<>\n]{{0,40}}</(?:b|strong|em|i|span|label|th|td|dt)>"
                      rf"|-(?i:{roots})[\w\-]*[ \t]+[^\s\-]"  # --password value
                      rf"|(?i:{roots})[\w.]*[ \t]+(?:eq|ne)[ \t]+'"  # OData: Password eq '...'
                      r"|kind:[ \t]*[\"']?Secret"  # a Kubernetes Secret in YAML
@@ -374,7 +418,7 @@ class TextScanner:
                      r"|(?i:\"type\"\s*:\s*\"(?:securestring|concealed|secret_text)\")",
             "markup": rf"(?i)<[^<>]*(?:{roots})"
                       rf"|<(?:\w+:)?\w*(?:name|key|dt|th|td|label)>[^<]*(?:{roots})",
-            "pem": r"-----BEGIN ",
+            "pem": r"----[ \-]?BEGIN |PuTTY-User-Key-File-|MI[IGH][A-Za-z0-9+/]|MC4CAQ|MHcCAQ",
             "jwt": r"e(?:yJ|yA|wo)[A-Za-z0-9_\-]{4,}\.",
             "keys": _KEY_GATE,
             # a prefixed token: a lower-case prefix, a separator, 20 characters or more
@@ -386,7 +430,7 @@ class TextScanner:
             "card": _CARD_GATE,
             # a whole string (between NULs) of base64: a value that may hide one
             # (or a quoted string of mixed case in a text: a JSON value, before parsing)
-            "base64": r"(?:^|\x00)[A-Za-z0-9+/_\-]{16,}={0,2}(?:\x00|$)"
+            "base64": r"(?:^|\x00)[A-Za-z0-9+/_\-]{16,}={0,2}(?:\x00|$)|;base64,"
                       r"|\"[A-Za-z0-9+/_\-]*(?:[a-z][A-Za-z0-9+/_\-]*[A-Z]|[A-Z][A-Za-z0-9+/_\-]*[a-z])"
                       r"[A-Za-z0-9+/_\-]*={0,2}\"",
             "escapes": "(?i)" + _ESCAPES,
@@ -464,18 +508,36 @@ class TextScanner:
 
     def _shapes(self, text: str, families: frozenset[str], deadline: Deadline) -> list[Hit]:
         found: list[Hit] = []
-        if "pem" in families and "-----BEGIN" in text:
+        if "pem" in families and "BEGIN" in text:
             covered = 0
             for m in _PEM.finditer(text):
-                label = m.group(1)
+                label = m.group(2)
                 if m.start() < covered or ("PRIVATE" not in label and "SECRET" not in label):
                     continue
-                end = text.find("-----END", m.end())
-                end = len(text) if end < 0 else _line_end(text, end)
+                dashes = "----" + m.group(1)
+                end = text.find(dashes + "END" if m.group(1) else dashes + " END", m.end())
+                end = len(text) if end < 0 else _line_end(text, end, dashes)
                 found.append((m.start(), end, MARK, "shape:private-key"))
                 covered = end
                 if end == len(text):  # no END: the rest goes, there is nothing more to find
                     break
+        if "pem" in families:
+            if "PuTTY-User-Key-File-" in text:
+                found += [(m.start(), m.end(), MARK, "shape:private-key")
+                          for m in _PUTTY.finditer(text)]
+            for m in _checked(_DER_B64.finditer(text), deadline):
+                if _private_der(m.group()):
+                    found.append((m.start(), m.end(), MARK, "shape:private-key"))
+        if "base64" in families and ";base64," in text:
+            # a data: URI of text: what the scanner finds in it decoded takes it whole
+            for m in _checked(_DATA_URI.finditer(text), deadline):
+                try:
+                    inner = base64.b64decode(m.group(1)[:_DATA_URI_MAX], validate=False)
+                    decoded = inner.decode("utf-8")
+                except (binascii.Error, ValueError):
+                    continue
+                if self.families(decoded) and self.hits(decoded, deadline):
+                    found.append((m.start(1), m.end(1), MARK, "shape:data-uri"))
         if "jwt" in families:
             found += [(m.start(), m.end(), FINGERPRINT, "shape:jwt")
                       for m in _checked(_JWT.finditer(text), deadline)]
@@ -585,6 +647,21 @@ class TextScanner:
         if "login" in text and "pass" in text:
             for m in _NETRC.finditer(text):
                 found.append((m.start(1), m.end(1), MARK, "field:password"))
+        if any(tool in text for tool in _CLI_MORE_TOOLS):
+            for m in _CLI_MORE.finditer(text):
+                group = next(g for g in (2, 3, 5, 7) if m.group(g) is not None)
+                found.append((m.start(group), m.end(group), MARK, "field:password"))
+        if "/" in text and "@" in text and ("oracle" in text or "plus" in text
+                                            or "exp" in text or "imp" in text or "rman" in text):
+            for m in _ORACLE.finditer(text):
+                found.append((m.start(1), m.end(1), MARK, "field:password"))
+        if "\tTRUE\t" in text or "\tFALSE\t" in text:
+            for m in _COOKIE_JAR.finditer(text):
+                found.append((m.start(1), m.end(1), FINGERPRINT, "field:cookie"))
+        if "AUTH" in text or "auth" in text or "334" in text:
+            for m in _SMTP_AUTH.finditer(text):
+                group = 1 if m.group(1) is not None else 2
+                found.append((m.start(group), m.end(group), MARK, "field:password"))
         if "-" in text:
             for n, m in enumerate(_LONG_OPTION.finditer(text)):
                 if deadline and not n % 256:
@@ -763,9 +840,13 @@ def value_span(text: str, at: int) -> tuple[int, int] | None:
         if at >= len(text):
             return None
         first = text[at]
-    if first in "\r\n":  # password:\n  value (the value on the next, indented line)
-        nxt = _NEXT_LINE.match(text, at)
-        return (nxt.start(1), nxt.end(1)) if nxt else None
+    if first in "\r\n":
+        # password:\n  value, and what else is indented under it (a mapping, a list, a
+        # list's items at the name's own indentation, as YAML allows)
+        nxt = _NEXT_LINE.match(text, at) or _NEXT_ITEM.match(text, at)
+        if nxt is None:
+            return None
+        return nxt.start(1), max(nxt.end(1), _block_end(text, at, at))
     if first in _QUOTED:
         triple = first * 3
         if text.startswith(triple, at):
@@ -783,6 +864,9 @@ def value_span(text: str, at: int) -> tuple[int, int] | None:
         return at, _balanced_end(text, at)
     if first in "|>" and (block := _BLOCK.match(text, at)):
         return at, _block_end(text, at, block.end())
+    if first == "<" and (doc := _HEREDOC.match(text, at)):  # password = <<EOT ... EOT
+        close = re.compile(rf"^[ \t]*+{doc.group(1)}\b", re.M).search(text, doc.end())
+        return doc.end(), _nul_or(text, doc.end(), close.start() if close else len(text))
     m = _BARE.match(text, at, min(len(text), at + _BARE_MAX))
     if m is None:
         return None
@@ -807,11 +891,17 @@ def _block_end(text: str, name_at: int, at: int) -> int:
     indent = len(text[line_start:name_at]) - len(text[line_start:name_at].lstrip(" "))
     end = at
     pos = at
+    items = None  # whether the block is a list at the name's indentation ("- " lines)
     while pos < len(text) and text[pos] in "\r\n":
         nl = text.find("\n", pos + 1)
         line = text[pos + 1: len(text) if nl < 0 else nl]
-        if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
-            break
+        if line.strip():
+            depth = len(line) - len(line.lstrip(" "))
+            if items is None:
+                items = depth == indent and line.lstrip(" ").startswith("- ")
+            if depth < indent or (depth == indent and not (
+                    items and line.lstrip(" ").startswith("- "))):
+                break
         end = len(text) if nl < 0 else nl
         pos = end
         if nl < 0 or "\x00" in line:
@@ -847,10 +937,22 @@ def _balanced_end(text: str, at: int) -> int:
     return len(text)
 
 
-def _line_end(text: str, at: int) -> int:
+def _private_der(candidate: str) -> bool:
+    """Whether base64 text starts like the DER of a private key or a PKCS#12 file."""
+    try:
+        head = base64.b64decode(candidate[:16])
+    except (binascii.Error, ValueError):
+        return False
+    if head[0] != 0x30:
+        return False
+    at = 2 + (head[1] & 0x7F if head[1] & 0x80 else 0)
+    return head[at:at + 3] in _PRIVATE_VERSIONS
+
+
+def _line_end(text: str, at: int, dashes: str = "-----") -> int:
     """The end of the PEM END line that starts at `at`: after its closing dashes."""
-    close = text.find("-----", at + 8)
-    return len(text) if close < 0 else close + 5
+    close = text.find(dashes, at + len(dashes) + 3)
+    return len(text) if close < 0 else close + len(dashes)
 
 
 def _is_basic(value: str) -> bool:

@@ -345,3 +345,38 @@ def test_grpc_web_text_is_binary_and_card_floats_are_cards():
 ])
 def test_json_that_says_a_value_is_secret(doc, secret):
     assert secret not in body(orjson.dumps(doc), "application/json").text
+
+
+def test_private_keys_in_any_armour_or_none():
+    der = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + "A" * 40
+    cert = "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTESMBAGA1UE"
+    out = orjson.loads(body(orjson.dumps({"material": der, "cert": cert}),
+                            "application/json").text)
+    assert out == {"material": MARKER, "cert": cert}
+    ppk = (b"PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nPublic-Lines: 1\nAAAA\n"
+           b"Private-Lines: 1\nppk1secretline\nPrivate-MAC: 00ff\n")
+    assert b"ppk1secretline" not in body(ppk, "text/plain").text.encode()
+    ssh2 = (b"---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nssh2secretline\n"
+            b"---- END SSH2 ENCRYPTED PRIVATE KEY ----\n")
+    assert "ssh2secretline" not in body(ssh2, "text/plain").text
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("jdbc:oracle:thin:scott/opw1@10.0.4.7:1521:ORCL", "opw1"),
+    ("sqlplus system/opw2@//db.internal:1521/XEPDB1", "opw2"),
+    ("# Netscape HTTP Cookie File\n.example.com\tTRUE\t/\tTRUE\t1999999999\tli_at\tcjar3\n",
+     "cjar3"),
+    ("C: AUTH PLAIN AGJvYgBzbXRwNA==\n", "AGJvYgBzbXRwNA=="),
+    ("S: 334 UGFzc3dvcmQ6\nC: c210cDU=\n", "c210cDU="),
+    ("htpasswd -b /etc/nginx/.htpasswd bob hpw6\n", "hpw6"),
+    ("smbclient //fs/share -U bob%spw7\n", "spw7"),
+    ('$p = ConvertTo-SecureString "cpw8" -AsPlainText -Force', "cpw8"),
+    ("aws configure set aws_secret_access_key apw9xyz\n", "apw9xyz"),
+    ('password = <<EOT\nhpw10\nEOT\n', "hpw10"),
+    ("<p><strong>Temporary password</strong>: spw11</p>", "spw11"),
+    ("passwords:\n- lpw12\n- lpw13\nnext: 1\n", "lpw13"),
+    ("secrets:\n  db: ypw14\n  cache: ypw15\nreplicas: 2\n", "ypw15"),
+    ('<a href="data:text/plain;base64,cGFzc3dvcmQ9ZHB3MTY=">x</a>', "cGFzc3dvcmQ9ZHB3MTY="),
+])
+def test_secrets_told_by_their_place_in_text(text, secret):
+    assert secret not in body(text.encode(), "text/plain").text

@@ -28,7 +28,7 @@ from urllib.parse import unquote
 import orjson
 
 from capture.redact import decode
-from capture.redact.names import FINGERPRINT, MARK
+from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS
 from capture.redact.redactor import (
     MARKER,
     Body,
@@ -36,7 +36,7 @@ from capture.redact.redactor import (
     Redactor,
     deadline_after,
 )
-from capture.redact.text import Deadline, TextScanner, cut_tail, field_class, is_card
+from capture.redact.text import Deadline, TextScanner, cut_tail, field_class, is_card, is_token
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,9 @@ def _redact_text(r: Redactor, body: Body, text: str, media: str, cut: bool,
         if redacted is None and (media == _FORM or _FORM_SHAPE.fullmatch(text)):
             redacted, pairs = r.pairs(text, deadline)
             if small and media == _FORM:
-                body.form = pairs
+                # A form cut at the cap: its last pair is the start of one, perhaps of a
+                # secret's value, which the text loses too (cut_tail)
+                body.form = pairs[:-1] if cut and pairs and not text.endswith("&") else pairs
     if redacted is None and _YAML_SECRET.search(text):
         # A Kubernetes Secret in YAML: its data are base64 under neutral names.
         raise decode.Undecodable("a Kubernetes Secret manifest")
@@ -326,6 +328,7 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
     strings: list[str] = []
     where: list[tuple[Any, Any]] = []  # (container, key or index) of each string
     names: set[str] = set()  # every key, once: a key may itself be a secret (an e-mail)
+    token_keys: dict[str, str] = {}  # keys that are tokens, and their fingerprints
     # (node, the class its scalars are fingerprinted with, or None)
     stack: list[tuple[Any, str | None]] = [(value, None)]
     seen = next_check = 0
@@ -346,6 +349,12 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
                 inherited = None
             done = _named_value(r, node) if len(node) <= 64 else _NOTHING
             names.update(node)
+            if inherited is not None:
+                # {"sessions": {"<token>": {...}}}: under a secret's name, keys that read as
+                # tokens are secrets too
+                for key in node:
+                    if len(key) >= 16 and key not in token_keys and is_token(key):
+                        token_keys[key] = r.fingerprint(key, inherited)
             for key, item in node.items():
                 if key in done:
                     continue
@@ -412,8 +421,9 @@ def redact_json(r: Redactor, value: Any, deadline: Deadline, depth: int = 0) -> 
         for (node, key), new in zip(where, scrubbed, strict=True):
             node[key] = new
     renamed = r.scrub_many(sorted(names), deadline) if names else None
-    if renamed is not None:
-        _rename_keys(value, dict(zip(sorted(names), renamed, strict=True)))
+    if renamed is not None or token_keys:
+        renames = dict(zip(sorted(names), renamed, strict=True)) if renamed else {}
+        _rename_keys(value, {**renames, **token_keys})
     return value
 
 
@@ -452,14 +462,32 @@ _UNJUDGED = object()
 
 def _argv(r: Redactor, node: list, classify) -> None:
     """["--password", "...", ...]: a command line as a list; the value after an option whose
-    name is a secret's."""
+    name is a secret's, or after a tool's own password option (mysql's -p)."""
+    short = _TOOL_PASSWORD_OPTIONS.get(_tool(node[0])) if node and type(node[0]) is str else None
     for i in range(len(node) - 1):
         option = node[i]
+        if short and option in short and type(node[i + 1]) is str:
+            node[i + 1] = MARKER
+            continue
         if type(option) is str and option[:1] == "-" and len(option) <= 64 \
                 and "=" not in option and type(node[i + 1]) is str \
                 and (action := classify(option.lstrip("-"))) is not None:
             node[i + 1] = MARKER if action == MARK else r.replacement(
                 node[i + 1], action, field_class(option.lstrip("-")))
+
+
+# Short options that take a password, by tool (where -p is not a port or a path).
+_TOOL_PASSWORD_OPTIONS = {
+    "mysql": ("-p",), "mysqldump": ("-p",), "mariadb": ("-p",), "mysqladmin": ("-p",),
+    "sshpass": ("-p",), "redis-cli": ("-a",),
+    "mongo": ("-p",), "mongosh": ("-p",), "mongodump": ("-p",), "sqlcmd": ("-P",),
+    "ldapsearch": ("-w",), "ldapmodify": ("-w",), "ldapadd": ("-w",), "smbclient": ("-U",),
+    "keytool": ("-storepass", "-keypass"), "htpasswd": (),
+}
+
+
+def _tool(command: str) -> str:
+    return command.rpartition("/")[2].lower()
 
 
 def _rename_keys(value: Any, renamed: dict[str, str]) -> None:
@@ -520,6 +548,11 @@ def _named_value(r: Redactor, node: dict) -> frozenset[str]:
     for candidate in names:
         if (found := r.rules.classify(candidate)) is not None:
             action, name = found, candidate
+            break
+        if candidate.lower() in URL_SECRETS and "name" in node and len(node) <= 4:
+            # {"name": "code", "value": ...}: a URL's or a form's parameter (HAR, Postman),
+            # where OAuth's authorization code is a secret as it is in the URL itself
+            action, name = MARK, candidate
             break
     if action is None:
         return frozenset(name_keys)

@@ -60,7 +60,7 @@ URL_HEADERS = frozenset((
 
 MAX_PARAMS = 10_000  # parameters listed per source; the raw text is redacted whatever this says
 # What headers() does with a header, by its name (or a (MARK|FINGERPRINT, class) pair).
-_PLAIN, _URL, _COOKIE, _AUTH = object(), object(), object(), object()
+_PLAIN, _URL, _COOKIE, _AUTH, _SUBPROTOCOLS = object(), object(), object(), object(), object()
 
 
 def deadline_after(seconds: float) -> Deadline:
@@ -148,8 +148,11 @@ class Redactor:
     def replacement(self, value: str, action: str, cls: str) -> str:
         """The marker, or the value's fingerprint; a value anyone could guess (an e-mail
         address, a card number) gets the marker even where its field is fingerprinted: its
-        fingerprint would tell who is in the bucket to anyone who sends it."""
-        if action == MARK or guessable(value):
+        fingerprint would tell who is in the bucket to anyone who sends it. So does base64
+        of text holding a secret (Docker's X-Registry-Auth, a JSON principal)."""
+        if action == MARK or guessable(value) or (
+                value[:2] in ("ey", "ew") and len(value) <= _DECODED_MAX
+                and self._hides_a_secret(value, None)):  # base64 of JSON
             return MARKER
         return self.fingerprint(value, cls)
 
@@ -266,6 +269,8 @@ class Redactor:
                 pair[1] = self._cookies(value, name[:4].lower() == "set-")
             elif kind is _AUTH:
                 pair[1] = self._authorization(value, "header:" + name.lower())
+            elif kind is _SUBPROTOCOLS:
+                pair[1] = self._subprotocols(value)
             else:
                 action, cls = kind
                 pair[1] = self.replacement(value, action, cls)
@@ -301,6 +306,8 @@ class Redactor:
         lowered = name.lower()
         if lowered in _COOKIE_HEADERS:
             kind = _COOKIE
+        elif lowered == "sec-websocket-protocol":
+            kind = _SUBPROTOCOLS
         elif lowered in _AUTH_HEADERS:
             kind = _AUTH
         elif action := self.rules.classify(name):
@@ -310,6 +317,26 @@ class Redactor:
         if len(self._header_kinds) < 4096:  # names come from clients: bounded
             self._header_kinds[name] = kind
         return kind
+
+    def _subprotocols(self, value: str) -> str:
+        """Sec-WebSocket-Protocol: browsers cannot set headers on a WebSocket, so clients
+        send their token as a subprotocol ("access_token, <token>", "Authorization, <jwt>",
+        "base64url.bearer..."). An item after one named as a secret's, and an item that reads
+        as a token, are fingerprinted."""
+        items = value.split(",")
+        after_name = None
+        changed = False
+        for i, item in enumerate(items):
+            word = item.strip()
+            if after_name is not None or (len(word) >= 16 and (
+                    is_token(word) or (self.scanner.may_hold(word) and self.scrub(word) != word))):
+                items[i] = " " * (len(item) - len(item.lstrip())) + self.replacement(
+                    word, FINGERPRINT, after_name or "header:sec-websocket-protocol")
+                changed = True
+                after_name = None
+            elif self.rules.classify(word) or word.lower() in AUTH_SCHEMES:
+                after_name = field_class(word)
+        return ",".join(items) if changed else value
 
     def _authorization(self, value: str, cls: str) -> str:
         scheme, sep, credentials = value.strip().partition(" ")
@@ -354,10 +381,26 @@ class Redactor:
         fingerprinted. One pass each: what one put in, the other does not look at again."""
         if path in self._clean_paths:
             return path
-        redacted = self._path_tokens(self.scrub(path, deadline))
+        redacted = self._after_secret_segment(self._path_tokens(self.scrub(path, deadline)))
         if redacted == path:
             self._known_clean([path], self._clean_paths)
         return redacted
+
+    def _after_secret_segment(self, path: str) -> str:
+        """/otp/verify/123456, /pin/4321: after a segment named as a password's (or a
+        one-time code's), the segments with digits in them are what it names."""
+        if "/" not in path or not self.rules.may_hold(path.lower()):
+            return path
+        segments = path.split("/")
+        after = False
+        for i, segment in enumerate(segments):
+            if after and len(segment) >= 4 and any(c.isdigit() for c in segment) \
+                    and segment != MARKER:
+                segments[i] = MARKER
+            elif not after and 2 <= len(segment) <= 64 and self.rules.classify(
+                    unquote(segment)) == MARK:
+                after = True
+        return "/".join(segments) if after else path
 
     def _path_tokens(self, path: str) -> str:
         if len(path) < 21:  # no segment can be long enough
@@ -407,11 +450,12 @@ class Redactor:
                 else raw_value
             names.append(name)
             values.append(value)
-            last = _LAST_PART.search(name).group().lower()
+            prefix, last = _last_part(name)
             if eq and last in _SETTING_NAME_PARTS and (named := classify(value)):
-                # Parameters.member.1.ParameterKey=DbPassword: a name, kept; the value of
-                # its setting (...ParameterValue=, ...Value=) is the secret.
-                settings[name[:len(name) - len(last)].rstrip(".")] = named
+                # Parameters.member.1.ParameterKey=DbPassword, variable[key]=DB_PASSWORD: a
+                # name, kept; the value of its setting (...ParameterValue=, ...Value=,
+                # variable[value]=) is the secret.
+                settings[prefix] = named
                 continue
             action = (classify(name) or (MARK if name.lower() in URL_SECRETS else None)) \
                 if eq else None
@@ -423,9 +467,8 @@ class Redactor:
                 redo.append(i)
         if settings:
             for i in list(redo):
-                name = names[i]
-                last = _LAST_PART.search(name).group().lower()
-                action = settings.get(name[:len(name) - len(last)].rstrip("."))
+                prefix, last = _last_part(names[i])
+                action = settings.get(prefix)
                 if action is not None and last.endswith("value") and values[i]:
                     values[i] = self.replacement(values[i], action, "field:value")
                     parts[i] = f"{parts[i].partition('=')[0]}={quote(values[i], safe=_SAFE)}"
@@ -444,6 +487,18 @@ class Redactor:
                 tokens.append(i)
         if tokens:
             redo = [i for i in redo if i not in set(tokens)]
+        for i in redo:
+            if "%25" in values[i]:
+                # Encoded more than twice (a redirect inside a redirect): the value as it
+                # reads once every layer is undone, where a secret in it would show.
+                view = values[i]
+                for _ in range(4):
+                    if "%" not in view or (undone := unquote(view)) == view:
+                        break
+                    view = undone
+                if (scrubbed := self.scrub(view, deadline)) != view:
+                    values[i] = scrubbed
+                    parts[i] = f"{parts[i].partition('=')[0]}={quote(scrubbed, safe=_SAFE)}"
         if redo:
             # Names too (a token sent as a bare `?eyJ...`), then the values.
             looked = [names[i] for i in redo] + [values[i] for i in redo]
@@ -476,6 +531,13 @@ _RELATIVE_PATH = re.compile(r"(?<![^\s<=])/(?!/)[^\s?#<>\"']*+")  # "/a/b", "<..
 _FOLDED = re.compile(r",[ \t]*+(?=[!#$%&'*+\-.^_`|~0-9A-Za-z]++=)")
 
 
+def _last_part(name: str) -> tuple[str, str]:
+    """A parameter's name as what it is under and its last part, lower case:
+    `member.1.ParameterKey` -> (member.1, parameterkey), `a[0][name]` -> (a[0], name)."""
+    last = _LAST_PART.search(name).group()
+    return name[:len(name) - len(last)].rstrip(".["), last.rstrip("]").lower()
+
+
 def _basic_user(credentials: str) -> str | None:
     """The user of Basic credentials (base64 of user:password), or None."""
     try:
@@ -487,12 +549,19 @@ def _basic_user(credentials: str) -> str | None:
 
 
 def guessable(value: str) -> bool:
-    """A whole value that is an e-mail address, a card number, or user:password in base64
-    (Docker's "auth", Basic credentials under another name)."""
+    """A whole value that is an e-mail address, a card number, or user:password, in the
+    clear (user|password too, as "remember me" cookies have it) or in base64 (Docker's
+    "auth", Basic credentials under another name). A password after the user stays a
+    password: its fingerprint would let anyone test a guess of it."""
     if len(value) > 320 or not value:
         return False
+    if "@" in value and _WHOLE_EMAIL.fullmatch(value) is not None:
+        return True
+    if (":" in value or "|" in value) and _USER_SECRET.fullmatch(value) \
+            and not is_token(_USER_SECRET.fullmatch(value).group(1), 0.2):
+        return True
     if "@" in value:
-        return _WHOLE_EMAIL.fullmatch(value) is not None
+        return False
     if value[0] in "23456" and _CARD_VALUE.fullmatch(value) and is_card(value):
         return True
     return len(value) >= 8 and value[-1:] in "=0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" \
@@ -506,6 +575,9 @@ _LONG_RUN = re.compile(r"[A-Za-z0-9_\-]{20}")  # what could be a token under any
 _LAST_PART = re.compile(r"[^.\[\]]*+\]?$")  # the last part of a name: member.1.ParameterKey
 _CARD_VALUE = re.compile(r"[0-9][0-9 .+\-]{11,30}+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_\-]{16,}+={0,2}+")
+_DECODED_MAX = 4096  # longer values are not decoded to look for a secret in them
+# user:password, user|password: a user's name (no scheme, no URL), then what it hides
+_USER_SECRET = re.compile(r"(?![A-Za-z][\w+.\-]*+:/)[^\s:|/]{1,64}+[:|]([^\s]{1,200}+)")
 _WHOLE_EMAIL = re.compile(r"[\w.%+\-]{1,64}@[\w\-]+(?:\.[\w\-]+)+")
 
 

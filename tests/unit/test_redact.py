@@ -161,3 +161,34 @@ def test_settings_named_in_query_style_parameters_and_tokens_under_any_name():
 
 def test_e_mail_addresses_under_a_fingerprinted_name_get_the_marker():
     assert headers(("X-Auth-Email", "alice@example.com"))["X-Auth-Email"] == MARKER
+
+
+def test_websocket_subprotocols_carrying_a_token():
+    out = headers(("Sec-WebSocket-Protocol", "access_token, opaque-tok1"))
+    assert "opaque-tok1" not in out["Sec-WebSocket-Protocol"]
+    out = headers(("Sec-WebSocket-Protocol", "graphql-ws, Q9vT2mXk4LpR8sWz1YbN6cJd"))
+    assert out["Sec-WebSocket-Protocol"].startswith("graphql-ws, hmac:")
+    kept = "graphql-transport-ws, v4.channel.k8s.io"
+    assert headers(("Sec-WebSocket-Protocol", kept))["Sec-WebSocket-Protocol"] == kept
+
+
+def test_a_user_and_password_in_the_clear_is_no_fingerprint():
+    # A fingerprint of "user:password" would let anyone test a guess of the password.
+    out = headers(("Authorization", "bob:hunter2"), ("Cookie", "remember=bob|hunter2"))
+    assert out["Authorization"] == MARKER and out["Cookie"] == "remember=" + MARKER
+    token = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    assert headers(("X-Auth-Token", token))["X-Auth-Token"].startswith(PREFIX)
+
+
+def test_secrets_behind_more_layers_of_a_target():
+    from urllib.parse import quote
+    inner = "https://b.example/cb?token=deepTok3n"
+    for _ in range(3):
+        inner = quote(inner, safe="")
+    _path, query, _pairs = R.target("/login", "next=" + inner)
+    assert "deepTok3n" not in query
+    path, _q, _p = R.target("/api/otp/verify/834201", "")
+    assert path == "/api/otp/verify/" + MARKER
+    assert R.target("/users/1234/password/reset", "")[0] == "/users/1234/password/reset"
+    _path, query, pairs = R.target("/vars", "variable[key]=DB_PASSWORD&variable[value]=vpw1")
+    assert "vpw1" not in query and pairs[0] == ["variable[key]", "DB_PASSWORD"]

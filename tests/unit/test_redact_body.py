@@ -347,6 +347,17 @@ def test_json_that_says_a_value_is_secret(doc, secret):
     assert secret not in body(orjson.dumps(doc), "application/json").text
 
 
+def test_json_names_keys_and_lists_that_hold_a_secret():
+    doc = {"active_sessions": {"433f3cc02954e1f342ceb3af81c447a1": {"user": "u"}},
+           "queryString": [{"name": "code", "value": "oauthcode1"}],
+           "Cmd": ["mysql", "-u", "root", "-p", "mpw1", "-h", "db"],
+           "password_policy": "strong", "pin_length": 6, "pass_through": True}
+    out = orjson.loads(body(orjson.dumps(doc), "application/json").text)
+    assert "433f3cc02954e1f342ceb3af81c447a1" not in out["active_sessions"]
+    assert out["queryString"][0]["value"] == MARKER and out["Cmd"][4] == MARKER
+    assert (out["password_policy"], out["pin_length"], out["pass_through"]) == ("strong", 6, True)
+
+
 def test_private_keys_in_any_armour_or_none():
     der = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + "A" * 40
     cert = "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTESMBAGA1UE"
@@ -380,3 +391,8 @@ def test_private_keys_in_any_armour_or_none():
 ])
 def test_secrets_told_by_their_place_in_text(text, secret):
     assert secret not in body(text.encode(), "text/plain").text
+
+
+def test_a_cut_form_keeps_no_part_of_its_last_value_in_its_parameters():
+    b = body(b"a=1&to=alice@exam", "application/x-www-form-urlencoded", cut=True)
+    assert b.form == [["a", "1"]] and "alice" not in b.text

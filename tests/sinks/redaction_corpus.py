@@ -129,6 +129,9 @@ def header_cases() -> list[Case]:
     code = secret()
     cases.append(Case("Referer with an OAuth code", [code],
                       headers={"Referer": f"https://app.test/cb?code={code}&state=x"}))
+    token = secret()
+    cases.append(Case("a token as a WebSocket subprotocol", [token],
+                      headers={"Sec-WebSocket-Protocol": f"access_token, {token}"}))
     return cases
 
 
@@ -289,7 +292,31 @@ def body_shapes() -> list[tuple[str, str, Callable[[], tuple[bytes, list[str]]]]
         auth = base64.b64encode(f"bot:{a}".encode()).decode()
         return orjson.dumps({"auths": {"registry.example.com": {"auth": auth}}}), [a, auth]
 
+    def keys_in_any_armour():
+        # DER of a PKCS#8 private key in base64 with no armour; a PuTTY key file; a token
+        # by an issuer's prefix; an Oracle connect string; a Netscape cookie jar line
+        der = base64.b64encode(b"\x30\x82\x04\xbd\x02\x01\x00" + secrets.token_bytes(90)).decode()
+        putty, token, oracle, cookie = secret(), "zq_" + secret(), secret(), secret()
+        return (f"material: {der}\n"
+                f"PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nPublic-Lines: 1\n"
+                f"AAAAC3NzaC1lZDI1NTE5\nPrivate-Lines: 1\n{putty}\nPrivate-MAC: 00ff\n"
+                f"deploy used {token} ok\n"
+                f"url jdbc:oracle:thin:scott/{oracle}@10.0.4.7:1521:ORCL\n"
+                f".example.com\tTRUE\t/\tTRUE\t1999999999\tli_at\t{cookie}\n").encode(), \
+            [der, putty, token, oracle, cookie]
+
+    def json_by_context():
+        a, b, c, d, e = secret(), secret(), secret(), secret(), secret()
+        return orjson.dumps({
+            "variable": {"key": "DEPLOY", "value": a, "masked": True},
+            "Cmd": ["mysql", "-u", "root", "-p", b],
+            "active_sessions": {hex_token(32) + c[-8:]: {"user": "bob"}},
+            "queryString": [{"name": "code", "value": d}],
+            "proxy_auth": f"bob:{e}"}), [a, b, c[-8:], d, e]
+
     return [
+        ("keys in any armour, tokens by prefix", "text/plain", keys_in_any_armour),
+        ("JSON secret by its context", "application/json", json_by_context),
         ("Kubernetes objects", "application/json", kubernetes),
         ("YAML config", "application/yaml", yaml_env),
         ("shell and SQL log", "text/plain", logs),

@@ -179,6 +179,7 @@ def body_of(message: http.Message, tap: BodyTap | None, cap: int) -> dict:
 
 
 _NO_BODY = Body()
+_EMPTY_BODY = {"body": "", "body_encoding": "utf-8", "body_size": 0, "body_truncated": False}
 
 
 def redacted_body_of(redactor: Redactor, message: http.Message, tap: BodyTap | None, cap: int,
@@ -186,6 +187,8 @@ def redacted_body_of(redactor: Redactor, message: http.Message, tap: BodyTap | N
                      deadline: Deadline) -> tuple[dict, Body]:
     """The body fields of a record through the redactor, and what it read of the body."""
     data, size = wire_body(message, tap, cap)
+    if not size:  # most requests: nothing to read, nothing to redact
+        return _EMPTY_BODY.copy(), _NO_BODY
     content_type = _joined(wanted, b"content-type")
     if not params and size <= QUICK_BYTES and b"content-encoding" not in wanted and (
             not data or (text := quick_text(redactor, data, content_type)) is not None):

@@ -613,8 +613,37 @@ def _read_multipart(r: Redactor, body: Body, data: bytes, media: str, options: d
 _PART_HEADER = re.compile(rb"(?im)^content-disposition:[^\r\n]*")
 _PART_TYPE = re.compile(rb"(?im)^content-type:[ \t]*([^\r\n]*)")
 _PART_ENCODING = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*([^\r\n]*)")
+# name="...", name*=utf-8''..., and RFC 2231's continuations (name*0="pass"; name*1="word"),
+# which servers (Werkzeug, Go's mime, Python's email) join into one name.
 _DISPOSITION_PARAM = re.compile(
-    r"""(?i);\s*(name\*?|filename\*?)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))""")
+    r"""(?i);\s*(name|filename)(?:\*(\d{1,3}))?(\*?)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))""")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def disposition_names(disposition: str) -> tuple[list[str], list[str]]:
+    """Every spelling of a part's name and filename in a Content-Disposition value: plain,
+    extended (RFC 5987) and joined from continuations (RFC 2231), most specific first. A
+    part is a secret if any spelling says so: a client can send several that disagree."""
+    found: dict[str, dict[str, str]] = {"name": {}, "filename": {}}
+    pieces: dict[str, dict[int, str]] = {"name": {}, "filename": {}}
+    for m in _DISPOSITION_PARAM.finditer(disposition):
+        which, index, extended = m.group(1).lower(), m.group(2), m.group(3)
+        value = m.group(4)
+        value = _QUOTED_PAIR.sub(r"\1", value) if value is not None else m.group(5)
+        if extended:  # charset'language'percent-encoded, the prefix on the first piece only
+            if index in (None, "0") and value.count("'") >= 2:
+                value = value.split("'", 2)[2]
+            value = unquote(value, errors="replace")
+        if index is None:
+            found[which]["extended" if extended else "plain"] = value
+        else:
+            pieces[which][int(index)] = value
+    names: tuple[list[str], list[str]] = ([], [])
+    for which, out in zip(("name", "filename"), names, strict=True):
+        if pieces[which]:
+            out.append("".join(pieces[which][i] for i in sorted(pieces[which])))
+        out.extend(found[which][k] for k in ("extended", "plain") if k in found[which])
+    return names
 
 
 def _multipart(r: Redactor, data: bytes, boundary: bytes, cut: bool, deadline: Deadline,
@@ -652,24 +681,21 @@ def _multipart(r: Redactor, data: bytes, boundary: bytes, cut: bool, deadline: D
 def _part(r: Redactor, head: bytes, content: bytes, cut: bool, deadline: Deadline,
           fields: list[list[Any]], depth: int) -> bytes:
     disposition = _PART_HEADER.search(head)
-    name = filename = None
-    if disposition:
-        for m in _DISPOSITION_PARAM.finditer(disposition.group().decode("latin-1")):
-            value = m.group(2) if m.group(2) is not None else m.group(3)
-            which = m.group(1).lower()
-            if which.endswith("*"):  # RFC 5987: charset'language'percent-encoded
-                value = unquote(value.split("'", 2)[-1])
-            if which.startswith("name"):
-                name = value
-            else:
-                filename = value
+    names, filenames = disposition_names(disposition.group().decode("latin-1")) \
+        if disposition else ([], [])
+    name = names[0] if names else None
+    filename = filenames[0] if filenames else None
     typed = _PART_TYPE.search(head)
     content_type = typed.group(1).decode("latin-1").strip() if typed else ""
     media, options = media_type(content_type)
     transfer = _PART_ENCODING.search(head)
     if transfer and transfer.group(1).strip().lower() not in (b"7bit", b"8bit", b"binary"):
         return (WITHHELD_PART % len(content)).encode()  # base64 or quoted-printable parts
-    action = r.rules.classify(name) if name else None
+    action = None
+    for spelling in names:
+        if (action := r.rules.classify(spelling)) is not None:
+            name = spelling
+            break
     if action is not None:
         text = content.decode("utf-8", "replace")
         value = r.replacement(text, action, field_class(name)) if action != MARK else MARKER

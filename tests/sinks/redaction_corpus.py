@@ -232,14 +232,17 @@ def body_shapes() -> list[tuple[str, str, Callable[[], tuple[bytes, list[str]]]]
         return f"user=bob&password={a}&csrf_token={b}&lang=en".encode(), [a, b]
 
     def multipart():
-        a, b, c = secret(), secret(), secret()
+        a, b, c, d, e = secret(), secret(), secret(), secret(), secret()
         parts = [('name="user"', b"bob"), ('name="password"', a.encode()),
                  ('name="note"', f"my token={b}".encode()),
                  ('name="file"; filename="notes.txt"\r\nContent-Type: text/plain',
-                  f"api_key={c}".encode())]
+                  f"api_key={c}".encode()),
+                 # names as RFC 2231 continuations and RFC 5987, which servers join and decode
+                 ('name*0="client_"; name*1="secret"', d.encode()),
+                 ("name*=utf-8''access%5Ftoken", e.encode())]
         data = b"".join(b"--BoUnDaRy\r\nContent-Disposition: form-data; " + h.encode()
                         + b"\r\n\r\n" + content + b"\r\n" for h, content in parts)
-        return data + b"--BoUnDaRy--\r\n", [a, b, c]
+        return data + b"--BoUnDaRy--\r\n", [a, b, c, d, e]
 
     def soap():
         a, b = secret(), secret()

@@ -242,6 +242,33 @@ def test_multipart_fields_files_and_nesting():
     assert SECRET not in guessed.text and "bob" in guessed.text
 
 
+@pytest.mark.parametrize("disposition", [
+    'form-data; name*0="pass"; name*1="word"',  # RFC 2231 continuations
+    "form-data; name*0=pa; name*1=ss; name*2=wd",
+    "form-data; name*1=\"word\"; name*0=\"pass\"",  # pieces out of order
+    "form-data; name*0*=utf-8''pass; name*1*=w%6Frd",  # continuations, percent-encoded
+    "form-data; name*=utf-8''%70assword",  # RFC 5987
+    "form-data; name*=UTF-8'en'api%5Fkey",
+    'form-data; name="note"; name*=utf-8\'\'password',  # spellings that disagree
+    'form-data; name="pass\\word"',  # a quoted pair
+    'form-data; NAME*0="to"; Name*1="ken"',
+])
+def test_multipart_names_in_every_spelling(disposition):
+    data = multipart(("Content-Disposition: " + disposition, SECRET.encode()),
+                     ('Content-Disposition: form-data; name="user"', b"bob"))
+    b = body(data, "multipart/form-data; boundary=XyZ")
+    assert SECRET not in b.text and "bob" in b.text
+    assert SECRET not in str(b.form) and ["user", "bob"] in b.form
+
+
+def test_multipart_names_that_are_not_secrets_are_kept_whole():
+    data = multipart(("Content-Disposition: form-data; name*0=\"comp\"; name*1=\"ass\"",
+                      b"north"),
+                     ("Content-Disposition: form-data; name*=utf-8''na%C3%AFve", b"yes"))
+    b = body(data, "multipart/form-data; boundary=XyZ")
+    assert b.form == [["compass", "north"], ["na\u00efve", "yes"]]
+
+
 def test_multipart_cut_in_a_part():
     data = multipart(('Content-Disposition: form-data; name="user"', b"bob"),
                      ('Content-Disposition: form-data; name="token"', SECRET.encode()))

@@ -160,7 +160,12 @@ _KEYS = [re.compile(p) for p in (
 # or is 32 hex digits or more.
 _PREFIXED_TOKEN = re.compile(r"[a-z](?<![A-Za-z0-9_\-.][a-z])[a-z0-9]{1,11}+[_\-]"
                              r"([A-Za-z0-9_\-]{20,}+)")
-_HEX_RUN = re.compile(r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{32,}+")
+# Runs of hex digits of one case, 32 or more: a token when they hold a letter and a digit
+# (`hex_token_in`). Found run by run, never with look-aheads, which made each search quadratic
+# in the length of a long run.
+_HEX_RUNS = (re.compile(r"[0-9a-f]{32,}+"), re.compile(r"[0-9A-F]{32,}+"))
+_DIGITS_ONLY = re.compile(r"[0-9]++")
+_LETTERS_ONLY = re.compile(r"[A-Fa-f]++")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Whether a text holds any of the prefixes above (RE2, case as written).
 _KEY_GATE = ("(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]"
@@ -329,6 +334,17 @@ _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.~+=/]++")
 _BASE32 = re.compile(r"[A-Z2-7]{24,}+=*+")
 
 
+def hex_token_in(text: str) -> bool:
+    """Whether `text` holds 32 hex digits or more in a row, of one case, with a letter and a
+    digit (a session id, an MD5 or SHA). Linear in the text."""
+    for pattern in _HEX_RUNS:
+        for m in pattern.finditer(text):
+            run = m.group()
+            if not _DIGITS_ONLY.fullmatch(run) and not _LETTERS_ONLY.fullmatch(run):
+                return True
+    return False
+
+
 def is_token(segment: str, changes_at_least: float = 0.3) -> bool:
     """A path segment that reads as a random token: 20 characters or more of a token's
     alphabet, with letters and digits (or both cases) that change class often, unlike words,
@@ -336,6 +352,11 @@ def is_token(segment: str, changes_at_least: float = 0.3) -> bool:
     context that already says "token" (an issuer's prefix) asks for fewer changes."""
     if len(segment) < 20 or not _TOKEN_CHARS.fullmatch(segment):
         return False
+    if hex_token_in(segment):
+        # 32 hex digits or more (a session id, an MD5 or SHA): a token whatever their order.
+        # Hex changes class less often than base62, so about 1 in 100 random ones would fall
+        # under the threshold below.
+        return True
     if _BASE32.fullmatch(segment) and any(c.isdigit() for c in segment):
         return True  # base32 (TOTP seeds, some invite codes): upper case and 2-7
     kinds = [0 if c.isdigit() else 1 if c.islower() else 2 for c in segment if c.isalnum()]
@@ -548,7 +569,7 @@ class TextScanner:
         if "prefixed" in families:
             for m in _checked(_PREFIXED_TOKEN.finditer(text), deadline):
                 rest = m.group(1)
-                if len(rest) >= 20 and (is_token(rest, 0.2) or _HEX_RUN.search(rest)) \
+                if len(rest) >= 20 and (is_token(rest, 0.2) or hex_token_in(rest)) \
                         and not _UUID.search(rest):
                     found.append((m.start(), m.end(), FINGERPRINT, "shape:key"))
         if "url" in families:  # a token in the path of a URL anywhere (a reset link)

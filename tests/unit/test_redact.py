@@ -1,5 +1,8 @@
 """The redactor: headers, the request target, and fingerprints that are no oracle."""
 
+import random
+import string
+
 import pytest
 
 from capture.redact import MARKER, PREFIX, Policy, Redactor
@@ -86,6 +89,20 @@ def test_a_plain_target_is_left_as_it_came():
 ])
 def test_is_token(segment, token):
     assert is_token(segment) is token
+
+
+def test_hex_tokens_are_tokens_whatever_the_order_of_their_digits():
+    # Random hex changes between digit and letter less often than base62 does: about one in
+    # a hundred used to read as a word. Any run of 32 hex digits or more is a token.
+    rng = random.Random(13)
+    for _ in range(20_000):
+        hex_part = "".join(rng.choice("0123456789abcdef") for _ in range(32))
+        if not (set(hex_part) & set("abcdef") and set(hex_part) & set("0123456789")):
+            continue
+        tail = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(8))
+        for segment in (hex_part, hex_part.upper(), hex_part + tail):
+            assert is_token(segment), segment
+    assert is_token("0" * 40) is False  # no letter: a number, not a token
 
 
 def test_fingerprints_are_keyed_by_deployment_and_by_field_class():

@@ -37,11 +37,12 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from capture import InvalidRecord
 from sinks.metrics import SinkMetrics
 from sinks.settings import LoopSettings
-from topics import ensure_topic, message_limit, record_cap, topic_message_limit
+from topics import ensure_topic, message_limit, partitions, record_cap, topic_message_limit
 
 log = logging.getLogger(__name__)
 
 WRITING_POLL_MS = 10  # how long a fetch may wait while a batch is being written
+TOPIC_WAIT_S = 0.5  # how often a sink looks for a topic that is not there yet
 
 
 class PermanentWriteError(Exception):
@@ -118,6 +119,8 @@ class ConsumerLoop:
     async def run(self) -> None:
         """Consume until `stop()`; returns after a clean shutdown."""
         s = self.settings
+        if not await self._with_retry("find the topic", self._wait_for_topic):
+            return  # stopped before the topic was there
         await self._with_retry("connect to Kafka", self._connect)
         await self._with_retry("start the sink", self.sink.start)
         consumer = self._consumer
@@ -169,6 +172,28 @@ class ConsumerLoop:
                 or any(p.nbytes >= s.batch_max_bytes for p in due))
 
     # --- connecting ------------------------------------------------------------------------
+
+    async def _wait_for_topic(self) -> bool:
+        """Wait until the topic exists; False when asked to stop first.
+
+        The proxy makes the capture topic, with its partition count and message cap
+        (topics/); a consumer that subscribed first would have the broker make it with its
+        own defaults (one partition) where it creates topics on demand, so the sink waits.
+        """
+        s = self.settings
+        said = False
+        while not self.stopping.is_set():
+            if await partitions(s.kafka_bootstrap_servers, s.topic):
+                if said:
+                    log.info("%s sink: topic %s is there", self.sink.name, s.topic)
+                return True
+            if not said:
+                log.info("%s sink: topic %s does not exist yet; waiting for the proxy to "
+                         "create it", self.sink.name, s.topic)
+                said = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), TOPIC_WAIT_S)
+        return False
 
     async def _connect(self) -> None:
         s = self.settings

@@ -304,24 +304,18 @@ async def rewind_group(bootstrap: str, topic: str, group: str) -> None:
     """Point `group` at the oldest record of every partition of `topic` (when the topic
     exists). Only while no member of the group runs."""
     from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = [p["partition"] for t in described if t["error_code"] == 0
-                  for p in t["partitions"]]
-    if not partitions:
+    from topics import partitions
+
+    numbers = await partitions(bootstrap, topic)
+    if not numbers:
         return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in numbers]
         consumer.assign(tps)
         oldest = await consumer.beginning_offsets(tps)
         await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in

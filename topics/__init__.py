@@ -47,6 +47,14 @@ async def ensure_topic(
         return await _max_message_bytes(admin, topic)
 
 
+async def partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    """The topic's partition numbers, in order; empty when the topic does not exist."""
+    async with _admin(bootstrap_servers) as admin:
+        described = await admin.describe_topics([topic])
+    return sorted(p["partition"] for t in described if t["error_code"] == 0
+                  for p in t["partitions"])
+
+
 async def topic_message_limit(bootstrap_servers: str, topic: str) -> int | None:
     """The topic's max.message.bytes; None when the topic does not exist or Kafka does not say."""
     async with _admin(bootstrap_servers) as admin:

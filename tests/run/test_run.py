@@ -4,6 +4,7 @@ behind."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import signal
@@ -21,6 +22,7 @@ import requests
 from stack import free_ports
 from stack.service import port_open
 from tests.support import REPO_ROOT, wait_until
+from topics import partitions
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +75,8 @@ def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
     names = ["KAFKA", "POSTGRES", "S3", "APP_A", "APP_B", "PROXY_A", "PROXY_B",
              "PROXY_METRICS", "TIMESCALE_METRICS", "LAKE_METRICS"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
-    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"),
+    # Not the default partition count, so that a topic made any other way shows.
+    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "CAPTURE_TOPIC_PARTITIONS": "4",
            **{f"RUN_{name}_PORT": str(port) for name, port in ports.items()}}
     for leftover in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "S3_ENDPOINT_URL"):
         env.pop(leftover, None)
@@ -103,6 +106,15 @@ def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
 
         assert wait_until(rows, timeout=30, what="rows") == [
             ("app_a", "/hello", 200), ("app_b", "/auth", 200)]
+
+        # The sinks start before the proxy and wait for it to make the topic (the proxy makes
+        # it once it reaches Kafka, which the rows above prove): it has the proxy's partition
+        # count, not the broker's default of one.
+        logs = tmp_path / "run" / "logs"
+        for sink in ("sink-timescale", "sink-lake"):
+            assert "waiting for the proxy to create it" in (logs / f"{sink}.log").read_text()
+        assert asyncio.run(partitions(settings["KAFKA_BOOTSTRAP_SERVERS"],
+                                      settings["CAPTURE_TOPIC"])) == [0, 1, 2, 3]
 
         s3 = boto3.client("s3", endpoint_url=settings["S3_ENDPOINT_URL"],
                           aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],

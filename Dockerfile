@@ -13,7 +13,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# The pinned requirements first: this layer stays cached while only the code changes.
+# The pinned requirements first: this layer stays cached while only the code changes. Only
+# what the services run: the tests' tools are in requirements-test.txt, which is not copied.
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
@@ -29,9 +30,12 @@ COPY sinks/ sinks/
 COPY stack/ stack/
 COPY tapline/ tapline/
 COPY topics/ topics/
-# Not editable: the venv holds the code, so the runtime stage needs no source tree.
+# Not editable: the venv holds the code, so the runtime stage needs no source tree. The
+# check runs from / so that it imports the installed package, not the tree in /src, and it
+# imports what each service runs, so a dependency missing from requirements.txt fails here.
 RUN pip install --no-deps . \
-    && python -c "import apps, capture, config, db, proxy, sinks, stack, tapline, topics"
+    && cd / && python -c "import apps.app_a, apps.app_b, capture, config, db.__main__, \
+proxy.__main__, sinks.__main__, stack.pipeline, tapline.cli, topics; import capture.redact"
 
 # --- runtime: the venv on a fresh slim Python, run by an unprivileged user ----------------
 FROM python:3.11-slim

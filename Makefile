@@ -78,9 +78,13 @@ apps: $(STAMP)
 	$(BIN)/gunicorn -w 2 -b 127.0.0.1:5100 apps.app_a:app
 
 # The whole stack in Docker (docker-compose.yml): build the image, start every service, wait
-# until all are healthy. Then: curl http://127.0.0.1:5000/hello
+# until all are healthy, at most UP_WAIT_S seconds (after the pulls and the build). Then:
+# curl http://127.0.0.1:5000/hello
+UP_WAIT_S ?= 300
 up:
-	docker compose up -d --build --wait
+	@docker compose up -d --build --wait --wait-timeout $(UP_WAIT_S) || { \
+	  echo "make up: the stack is not up and healthy (waited at most $(UP_WAIT_S) s, UP_WAIT_S);" \
+	       "see which service with make ps, and why with make logs" >&2; exit 1; }
 
 # Stops and removes the containers; the data volumes stay (docker compose down -v drops them).
 down:

@@ -29,7 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from proxy.metrics import DROP_REASONS, ProxyMetrics
 from proxy.settings import ProxySettings
-from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, record_cap
+from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, partitions, record_cap
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,14 @@ class CaptureProducer:
             partitions=self.settings.topic_partitions,
             max_record_bytes=self.settings.max_record_bytes,
         )
+        have = len(await partitions(self.settings.kafka_bootstrap_servers, self.settings.topic))
+        if have < self.settings.topic_partitions:
+            # Made earlier with fewer (by another setting, or on demand by a broker that makes
+            # topics for any client): Kafka can add partitions, never remove them.
+            log.warning("topic %s has %d partitions, CAPTURE_TOPIC_PARTITIONS asks for %d: "
+                        "add them with kafka-topics.sh --alter --topic %s --partitions %d",
+                        self.settings.topic, have, self.settings.topic_partitions,
+                        self.settings.topic, self.settings.topic_partitions)
         if limit is not None and limit < message_limit(self.max_record_bytes):
             self.max_record_bytes = record_cap(limit)
             self.max_batch_bytes = min(self.max_batch_bytes, self.max_record_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings
 from tests.support import read_topic, wait_until
+from topics import ensure_topic
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +129,22 @@ def test_records_handed_to_kafka_count_against_the_queue_bound(kafka):
     assert summary["produced"] == 1
     assert summary["dropped_by_reason"]["queue_full"] == 1
     assert metrics.value("tapline_proxy_in_flight_bytes") == 0
+
+
+def test_a_topic_with_fewer_partitions_than_asked_is_named_in_a_warning(kafka, caplog):
+    topic = f"narrow-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topic(kafka.bootstrap_servers, topic, partitions=1,
+                             max_record_bytes=1 << 20))
+    settings = ProxySettings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "CAPTURE_TOPIC": topic,
+        "CAPTURE_TOPIC_PARTITIONS": "3"})
+
+    async def scenario():
+        producer = await connected(settings, ProxyMetrics())
+        await producer.close(5)
+
+    with caplog.at_level(logging.WARNING, logger="proxy.producer"):
+        asyncio.run(scenario())
+    warned = [r.getMessage() for r in caplog.records if "partitions" in r.getMessage()]
+    assert warned == [f"topic {topic} has 1 partitions, CAPTURE_TOPIC_PARTITIONS asks for 3: "
+                      f"add them with kafka-topics.sh --alter --topic {topic} --partitions 3"]

@@ -27,7 +27,10 @@ class CaptureMaster(DumpMaster):
 
     def __init__(self, options, **kwargs) -> None:
         super().__init__(options, **kwargs)
+        from proxy import http1
         from proxy.addon import CaptureAddon  # imports mitmproxy's addon API; only here
+
+        http1.install()  # `Connection: Keep-Alive` keeps the connection, as the app says
 
         self.addons.add(CaptureAddon())
 

@@ -369,6 +369,47 @@ def is_token(segment: str, changes_at_least: float = 0.3) -> bool:
     return 1 in has and 2 in has and len(kinds) >= 24 and changes >= changes_at_least * 1.5
 
 
+_WORD_CHAR = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_HEX_LOWER = frozenset("0123456789abcdef")
+_HEX_UPPER = frozenset("0123456789ABCDEF")
+
+
+class _HexWords:
+    """Whether a run of digits lies inside a word that is all hex digits of one case, 32 or
+    more with a letter: a digest or an id (`...6c2596281796610cc...` in a SHA-256), whose
+    digits are no card however they add up. A card glued to other letters is still one.
+    The last word looked at is kept, so a long word with many runs is walked once."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.start = self.end = -1
+        self.digest = False
+
+    def holds(self, start: int, end: int) -> bool:
+        if not self.start <= start < end <= self.end:
+            self._word_around(start, end)
+        return self.digest
+
+    def _word_around(self, start: int, end: int) -> None:
+        text = self.text
+        self.digest = False
+        self.start, self.end = start, end
+        for alphabet in (_HEX_LOWER, _HEX_UPPER):
+            if not all(c in alphabet for c in text[start:end]):
+                continue
+            a, b = start, end
+            while a > 0 and text[a - 1] in alphabet:
+                a -= 1
+            while b < len(text) and text[b] in alphabet:
+                b += 1
+            self.start, self.end = a, b
+            if b - a >= 32 and (a == 0 or text[a - 1] not in _WORD_CHAR) \
+                    and (b == len(text) or text[b] not in _WORD_CHAR) \
+                    and not _DIGITS_ONLY.fullmatch(text, a, b):
+                self.digest = True
+                return
+
+
 def cards_in(run: str) -> list[tuple[int, int]]:
     """The card numbers in a run of digits, as (start, end) in `run`. A run without
     separators is one number (13 to 19 digits); in a run with them a card is whole groups of
@@ -503,12 +544,14 @@ class TextScanner:
         if "card" in families:
             pos = 0
             n = 0
+            digests = _HexWords(text)
             while (m := _DIGITS.search(text, pos)) is not None:
                 n += 1
                 if deadline and not n % 64:
                     deadline()
-                found += [(m.start() + a, m.start() + b, MARK, "shape:card")
-                          for a, b in cards_in(m.group())]
+                if not digests.holds(m.start(), m.end()):
+                    found += [(m.start() + a, m.start() + b, MARK, "shape:card")
+                              for a, b in cards_in(m.group())]
                 # A run longer than a piece goes on in the next, which starts far enough back
                 # to hold a card cut between the two.
                 pos = m.end() - 24 if m.end() - m.start() >= _RUN_PIECE // 2 + 10 else m.end()

@@ -152,6 +152,26 @@ def test_cut_tail_drops_what_could_be_a_secrets_start(text, kept):
     assert cut_tail(text) == kept
 
 
+def test_digits_inside_a_digest_are_no_card():
+    # A SHA-256 seen in a test run: its 13 digits 2596281796610 pass the Luhn check.
+    digest = "d6275e88cc6dd88f262f0d636c2596281796610cc3e2f7f758689d5fdc549a77"
+    assert is_card("2596281796610")
+    for text in (digest, f"40000 {digest}", f'{{"sha256": "{digest.upper()}"}}'):
+        assert found(text) == []
+    # The same digits glued to a short word, a word with other letters, or a digest of
+    # mixed case are still a card.
+    assert found("ref2596281796610") == ["2596281796610"]
+    assert found(f"x{digest}") == ["2596281796610"]
+    assert found(digest[:26] + "2596281796610" + "Q" * 30) == ["2596281796610"]
+
+
+def test_no_digest_in_random_hex_loses_digits_to_the_card_rule():
+    rng = random.Random(15)
+    for _ in range(3000):
+        digest = f"{rng.getrandbits(256):064x}"
+        assert found(f"sum {digest}\n") == []
+
+
 @pytest.mark.parametrize("before", [0, 10, 47, 48, 49, 60])
 def test_a_card_in_a_long_run_of_digit_groups_is_found_wherever_it_is(before):
     text = " ".join(["2222"] * before + ["4111 1111 1111 1111"] + ["3333"] * 60)

@@ -12,12 +12,22 @@ message (one quotes the whole record) costs the proxy; the third variant shows h
 Part 2 runs bare mitmdump and the capture proxy under cProfile (CPU-time clock) for the same
 requests and prints where the difference is: own time per exchange of the functions whose
 time grew most, and the cumulative time of the capture path's entry points.
+
+    .venv/bin/python bench/profile_proxy.py --addons          # what each mitmdump addon costs
+
+`--addons` runs bare mitmdump (DumpMaster, quiet) with every addon call timed on the CPU clock
+(mitmproxy calls each addon for each event: the time is the hook's, and the walk of addons
+that have none), and prints each addon's CPU per exchange beside the process's whole CPU per
+exchange; proxy/master.py's choice of addons rests on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
+import inspect
+import json
 import logging
 import os
 import pstats
@@ -62,6 +72,8 @@ def run_proxy(args: argparse.Namespace) -> None:
     """Run bare mitmdump or `python -m proxy` in this process (the wrapper mode)."""
     if args.quiet_aiokafka:
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if args.addon_timing:
+        time_addons(Path(args.addon_timing))
     if args.bare:
         target = ("path", str(ROOT / "bench" / "bare_mitmdump.py"))
     else:
@@ -88,13 +100,58 @@ def run_proxy(args: argparse.Namespace) -> None:
         pass
 
 
+def time_addons(out: Path) -> None:
+    """Time every addon call of mitmproxy's addon manager on this thread's CPU clock, between
+    START and STOP; STOP writes {addon: [seconds, calls]} to `out`."""
+    from mitmproxy import addonmanager
+
+    spent: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    on = [False]
+
+    async def invoke_addon(self, addon, event):
+        name = type(addon).__name__
+        start = time.thread_time()
+        for _child, func in self._iter_hooks(addon, event):
+            res = func(*event.args())
+            if res is not None and inspect.isawaitable(res):
+                spent[name] += time.thread_time() - start if on[0] else 0
+                await res
+                start = time.thread_time()
+        if on[0]:
+            spent[name] += time.thread_time() - start
+            calls[name] += 1
+
+    def invoke_addon_sync(self, addon, event):
+        name = type(addon).__name__
+        start = time.thread_time()
+        for _child, func in self._iter_hooks(addon, event):
+            func(*event.args())
+        if on[0]:
+            spent[name] += time.thread_time() - start
+            calls[name] += 1
+
+    addonmanager.AddonManager.invoke_addon = invoke_addon
+    addonmanager.AddonManager.invoke_addon_sync = invoke_addon_sync
+
+    def stop(*_) -> None:
+        on[0] = False
+        table = {name: [spent[name], calls[name]] for name in calls}
+        out.with_suffix(".part").write_text(json.dumps(table))
+        os.replace(out.with_suffix(".part"), out)
+
+    signal.signal(START, lambda *_: on.__setitem__(0, True))
+    signal.signal(STOP, stop)
+
+
 def launch(rig: Rig, name: str, *, bare: bool = False, quiet: bool = False,
-           profile: Path | None = None) -> Target:
+           profile: Path | None = None, addon_timing: Path | None = None) -> Target:
     port, metrics_port = free_port(), free_port()
     command = [PYTHON, str(HERE), "--run-proxy"]
     command += ["--bare"] if bare else []
     command += ["--quiet-aiokafka"] if quiet else []
     command += ["--profile", str(profile)] if profile else []
+    command += ["--addon-timing", str(addon_timing)] if addon_timing else []
     env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{rig.app_port}@{port}",
            "PROXY_METRICS_PORT": str(metrics_port), "KAFKA_BOOTSTRAP_SERVERS": rig.bootstrap,
            "CAPTURE_TOPIC": rig.topic, "CAPTURE_REDACT_KEY": REDACT_KEY}
@@ -165,6 +222,37 @@ def profiles(rig: Rig, load: Load, requests: int, workdir: Path) -> None:
         print(f"{where[-80:]:<80} {delta / flows * 1e6:8.0f}")
 
 
+# --- --addons ----------------------------------------------------------------------------------
+
+
+def addon_costs(rig: Rig, load: Load, requests: int, rounds: int, workdir: Path) -> None:
+    """Each of mitmdump's addons' CPU per exchange, over `rounds` runs of `requests`."""
+    per_round: dict[str, list[float]] = {}
+    whole: list[float] = []
+    for round_ in range(rounds):
+        out = workdir / f"addons-{round_}.json"
+        target = launch(rig, f"timed mitmdump {round_}", bare=True, addon_timing=out)
+        ab(target.url, Load(4, load.keepalive, load.body), 200)
+        before = cpu_seconds(target.pid)
+        os.kill(target.pid, START)
+        result = ab(target.url, load, requests)
+        os.kill(target.pid, STOP)
+        whole.append((cpu_seconds(target.pid) - before) / result.complete * 1e6)
+        wait_for(out.exists, 30, f"{out} to be written")
+        rig.stop(target)
+        for name, (seconds, _calls) in json.loads(out.read_text()).items():
+            per_round.setdefault(name, []).append(seconds / result.complete * 1e6)
+    rows = sorted(((median(v), name, v) for name, v in per_round.items()), reverse=True)
+    print(f"\nmitmdump's addons, CPU per exchange (thread clock, timing included), {load.label}, "
+          f"{rounds} rounds of {requests}")
+    print(f"whole process: {median(whole):.0f} µs per exchange "
+          f"(rounds: {', '.join(f'{w:.0f}' for w in whole)}); "
+          f"all addon calls: {sum(r[0] for r in rows):.0f} µs")
+    print("\n| addon | µs per exchange (median) | rounds |\n|---|---|---|")
+    for us, name, runs in rows:
+        print(f"| {name} | {us:.1f} | {', '.join(f'{r:.1f}' for r in runs)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -173,10 +261,13 @@ def main() -> int:
     parser.add_argument("--body", action="store_true", help="POST 100 KB instead of GET")
     parser.add_argument("--keep", help="a folder to keep the .prof files and logs in")
     parser.add_argument("--only-profile", action="store_true", help="skip part 1")
+    parser.add_argument("--addons", action="store_true",
+                        help="only time each of mitmdump's addons")
     parser.add_argument("--run-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quiet-aiokafka", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
+    parser.add_argument("--addon-timing", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_proxy:
         run_proxy(args)
@@ -192,6 +283,9 @@ def main() -> int:
         try:
             rig.ready(rig.app())
             print(f"load average before: {load_average()}")
+            if args.addons:
+                addon_costs(rig, load, args.requests, args.rounds, workdir)
+                return 0
             if not args.only_profile:
                 cpu_per_request(rig, load, args.requests, args.rounds)
             profiles(rig, load, args.requests, workdir)

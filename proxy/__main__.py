@@ -1,11 +1,10 @@
-"""`python -m proxy`: mitmdump in reverse mode, one listener per route, with the capture addon.
+"""`python -m proxy`: mitmproxy in reverse mode, one listener per route, with the capture addon.
 
-Extra arguments go to mitmdump as they are (for example `--set connection_strategy=lazy`).
-
-The addon is added to mitmdump's master as a built-in addon, not loaded with `-s` as a script:
-mitmproxy walks a script's addons through its script loader for every event, which cost the
-capture proxy about a tenth of its capture work per exchange (`bench/profile_proxy.py`).
-`mitmdump -s proxy/addon.py` still works, for running it by hand.
+It runs a lean master (proxy/master.py): mitmproxy's core with only the addons a capturing
+reverse proxy needs, the capture addon among them as a built-in addon, not a script (mitmproxy
+walks a script's addons through its script loader for every event). Extra arguments are
+mitmdump's (for example `--set connection_strategy=lazy`), for the options the lean master
+has; `mitmdump -s proxy/addon.py` still runs the addon in mitmdump itself, by hand.
 """
 
 from __future__ import annotations
@@ -19,21 +18,8 @@ from mitmproxy.tools import cmdline
 from mitmproxy.tools.dump import DumpMaster
 from mitmproxy.tools.main import run
 
+from proxy.master import CaptureMaster, LeanMaster, command_line
 from proxy.settings import ProxySettings, SettingsError
-
-
-class CaptureMaster(DumpMaster):
-    """mitmdump's master with the capture addon among its own."""
-
-    def __init__(self, options, **kwargs) -> None:
-        super().__init__(options, **kwargs)
-        from proxy import http1
-        from proxy.addon import CaptureAddon  # imports mitmproxy's addon API; only here
-
-        http1.install()  # `Connection: Keep-Alive` keeps the connection, as the app says
-
-        self.addons.add(CaptureAddon())
-
 
 # Allocations from this size up get their own memory map, given back to the system when freed.
 MMAP_THRESHOLD_BYTES = 64 << 10
@@ -58,10 +44,16 @@ def keep_big_buffers_off_the_heap() -> bool:
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1)
 
 
-def run_mitmdump(args: list[str], *, capture: bool = True) -> None:
-    """mitmdump with `args`, as `mitmproxy.tools.main.mitmdump` runs it; with the capture
-    addon unless `capture` is false (the benches' bare mitmdump)."""
-    run(CaptureMaster if capture else DumpMaster, cmdline.mitmdump, args)
+def run_proxy(args: list[str], *, capture: bool = True) -> None:
+    """The lean master (proxy/master.py) with `args`, as mitmdump runs its own; with the
+    capture addon unless `capture` is false (the benches' lean master without it)."""
+    run(CaptureMaster if capture else LeanMaster, command_line, args)
+
+
+def run_mitmdump(args: list[str]) -> None:
+    """mitmdump's own master with `args`, as `mitmproxy.tools.main.mitmdump` runs it (the
+    benches' bare mitmdump)."""
+    run(DumpMaster, cmdline.mitmdump, args)
 
 
 def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
@@ -78,8 +70,6 @@ def mitmdump_args(settings: ProxySettings, extra: list[str]) -> list[str]:
         # The record keeps the headers the client sent; by default reverse mode rewrites Host
         # to the upstream's before any hook sees it.
         "--set", "keep_host_header=true",
-        # One line per flow on the terminal would cost more than the capture itself.
-        "--set", "flow_detail=0",
         *extra,
     ]
 
@@ -90,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(f"tapline proxy: {e}", file=sys.stderr)
         return 2
+    args = sys.argv[1:] if argv is None else argv
     for route in settings.routes:
         where = ", ".join(f"[{host}]:{route.port}" if ":" in host else f"{host}:{route.port}"
                           for host in settings.listen_hosts)
@@ -100,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.log_connections:
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     keep_big_buffers_off_the_heap()
-    run_mitmdump(mitmdump_args(settings, sys.argv[1:] if argv is None else argv))
+    run_proxy(mitmdump_args(settings, args))
     return 0
 
 

@@ -1,0 +1,96 @@
+"""The capture proxy's mitmproxy master: only the addons a capturing reverse proxy needs.
+
+mitmdump's `DumpMaster` loads about thirty addons (`mitmproxy.addons.default_addons()` plus the
+dumper, keep-serving, read-from-stdin and error check), and mitmproxy calls every one of them for
+every event of every flow, whether it has a hook for it or not. Most of them are for a user at an
+interactive or forward proxy (anticache, stickycookie, map_local, server replay, HAR export...).
+`bench/profile_proxy.py --addons` measures what each one costs; docs/decisions.md says what
+was left out and why.
+
+What is kept is what a reverse proxy in front of an app needs: listeners for every mode and
+address (proxyserver), the layers and HTTP/2 (core, next_layer), TLS to an `https://` upstream
+(tlsconfig), name resolution (dns_resolver), refusing h2c upgrades mitmproxy cannot carry
+(disable_h2c), Alt-Svc headers that point at the proxy, not past it (update_alt_svc), the
+terminal log and the startup error check. Options belong to the addons that define them, so a
+`--set` for a left-out addon's option is refused by name at startup, never ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mitmproxy import master, options
+from mitmproxy.addons import (
+    core,
+    disable_h2c,
+    dns_resolver,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+    update_alt_svc,
+)
+from mitmproxy.tools import cmdline
+
+
+def lean_addons() -> list:
+    return [
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        dns_resolver.DnsResolver(),
+        disable_h2c.DisableH2C(),
+        update_alt_svc.UpdateAltSvc(),
+        errorcheck.ErrorCheck(),
+    ]
+
+
+class LeanMaster(master.Master):
+    """A master with `lean_addons()` and the terminal log."""
+
+    def __init__(self, opts: options.Options, **kwargs) -> None:
+        super().__init__(opts, with_termlog=True, **kwargs)
+        self.addons.add(*lean_addons())
+
+    async def run(self) -> None:
+        # mitmproxy keeps a `--set` (or a config.yaml entry) it does not know for an addon
+        # that may load later; none does here, so it is a mistake: the error check stops.
+        if self.options.deferred:
+            logging.error("unknown mitmproxy option%s: %s (the proxy runs only the addons it "
+                          "needs; see docs/decisions.md)",
+                          "s" if len(self.options.deferred) > 1 else "",
+                          ", ".join(sorted(self.options.deferred)))
+        await super().run()
+
+
+class CaptureMaster(LeanMaster):
+    """The lean master with the capture addon."""
+
+    def __init__(self, opts: options.Options, **kwargs) -> None:
+        super().__init__(opts, **kwargs)
+        from proxy import http1
+        from proxy.addon import CaptureAddon  # imports mitmproxy's addon API; only here
+
+        http1.install()  # `Connection: Keep-Alive` keeps the connection, as the app says
+        self.addons.add(CaptureAddon())
+
+
+class _DefinedOnly:
+    """mitmdump's command line, with a flag only for the options this master defines: the
+    flags of left-out addons (`--anticache`, `-s`, `-w`...) are refused as unknown."""
+
+    def __init__(self, opts: options.Options) -> None:
+        self.opts = opts
+
+    def make_parser(self, parser, name: str, **kwargs) -> None:
+        if name in self.opts:
+            self.opts.make_parser(parser, name, **kwargs)
+
+
+def command_line(opts: options.Options) -> argparse.ArgumentParser:
+    """The parser `mitmproxy.tools.main.run` asks for: mitmdump's, less what is not here."""
+    parser = argparse.ArgumentParser(prog="python -m proxy", usage="%(prog)s [options]")
+    cmdline.common_options(parser, _DefinedOnly(opts))
+    return parser

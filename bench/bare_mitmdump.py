@@ -30,7 +30,7 @@ def main() -> int:
     args = sys.argv[1:]
     if "--lean" in args:
         args.remove("--lean")
-        run_proxy(mitmdump_args(settings, args), capture=False)
+        run_proxy(mitmdump_args(settings, args), capture=False, event_loop=settings.event_loop)
     else:
         run_mitmdump(mitmdump_args(settings, ["-q", *args]))
     return 0

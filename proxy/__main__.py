@@ -9,6 +9,7 @@ has; `mitmdump -s proxy/addon.py` still runs the addon in mitmdump itself, by ha
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -44,10 +45,26 @@ def keep_big_buffers_off_the_heap() -> bool:
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1)
 
 
-def run_proxy(args: list[str], *, capture: bool = True) -> None:
+def run_proxy(args: list[str], *, capture: bool = True, event_loop: str = "uvloop") -> None:
     """The lean master (proxy/master.py) with `args`, as mitmdump runs its own; with the
     capture addon unless `capture` is false (the benches' lean master without it)."""
+    use_event_loop(event_loop)
     run(CaptureMaster if capture else LeanMaster, command_line, args)
+
+
+def use_event_loop(name: str) -> str:
+    """Run the proxy on uvloop (libuv's event loop, faster at the socket work that is most of
+    a proxy's) or on asyncio's own; the one it runs on. Without uvloop installed (a platform
+    with no wheel), asyncio's, with a warning."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger(__name__).warning(
+                "uvloop is not installed: the proxy runs on asyncio's event loop")
+            return "asyncio"
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return name
 
 
 def run_mitmdump(args: list[str]) -> None:
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.log_connections:
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     keep_big_buffers_off_the_heap()
-    run_proxy(mitmdump_args(settings, args))
+    run_proxy(mitmdump_args(settings, args), event_loop=settings.event_loop)
     return 0
 
 

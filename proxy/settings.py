@@ -101,6 +101,7 @@ class ProxySettings:
 
     routes: tuple[Route, ...]
     listen_hosts: tuple[str, ...]
+    event_loop: str
     kafka_bootstrap_servers: str
     topic: str
     topic_partitions: int
@@ -143,6 +144,7 @@ class ProxySettings:
             routes=parse_routes(reader.text("PROXY_ROUTES", DEFAULT_ROUTES)),
             # Blank is the default, loopback, never "every interface".
             listen_hosts=parse_listen_hosts(reader.text("PROXY_LISTEN_HOST", "") or "127.0.0.1"),
+            event_loop=_choice(reader, "PROXY_EVENT_LOOP", ("uvloop", "asyncio")),
             kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topic=reader.text("CAPTURE_TOPIC", "http-captures"),
             topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1),

@@ -111,3 +111,10 @@ def test_the_proxy_sets_glibcs_mmap_threshold_unless_told_otherwise(monkeypatch)
     assert keep_big_buffers_off_the_heap()  # Debian's Python runs on glibc
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert not keep_big_buffers_off_the_heap()
+
+
+def test_event_loop_is_uvloop_or_asyncio():
+    assert ProxySettings.from_env({}).event_loop == "uvloop"
+    assert ProxySettings.from_env({"PROXY_EVENT_LOOP": "AsyncIO"}).event_loop == "asyncio"
+    with pytest.raises(SettingsError, match="PROXY_EVENT_LOOP"):
+        ProxySettings.from_env({"PROXY_EVENT_LOOP": "trio"})

@@ -19,6 +19,7 @@ from mitmproxy.tools import cmdline
 from mitmproxy.tools.dump import DumpMaster
 from mitmproxy.tools.main import run
 
+from proxy import workers
 from proxy.master import CaptureMaster, LeanMaster, command_line
 from proxy.settings import ProxySettings, SettingsError
 
@@ -98,11 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tapline proxy: {e}", file=sys.stderr)
         return 2
     args = sys.argv[1:] if argv is None else argv
-    for route in settings.routes:
-        where = ", ".join(f"[{host}]:{route.port}" if ":" in host else f"{host}:{route.port}"
-                          for host in settings.listen_hosts)
-        print(f"tapline proxy: {route.app}: {where} -> {route.upstream}",
-              file=sys.stderr, flush=True)
+    worker = workers.worker_index()
+    if worker is None:
+        for route in settings.routes:
+            where = ", ".join(f"[{host}]:{route.port}" if ":" in host else f"{host}:{route.port}"
+                              for host in settings.listen_hosts)
+            print(f"tapline proxy: {route.app}: {where} -> {route.upstream}",
+                  file=sys.stderr, flush=True)
+        if settings.workers > 1:
+            print(f"tapline proxy: {settings.workers} workers (PROXY_WORKERS)",
+                  file=sys.stderr, flush=True)
+            return workers.supervise(settings, args, settings.workers)
+    else:
+        workers.become_worker()
     # mitmproxy logs every connection at info: at thousands of requests a second that costs
     # more than the capture does. Connection errors still show, as warnings.
     if not settings.log_connections:

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-DROP_REASONS = ("queue_full", "oversized", "kafka_error", "shutdown", "encode_error")
+# worker_lost: what a proxy worker held (queued or in flight) when it died; proxy/workers.py.
+DROP_REASONS = ("queue_full", "oversized", "kafka_error", "shutdown", "encode_error",
+                "worker_lost")
+
+
+def multiprocess() -> bool:
+    """Whether metrics live in prometheus-client's shared files (PROMETHEUS_MULTIPROC_DIR,
+    read when prometheus_client is first imported): the proxy runs as several workers."""
+    from prometheus_client import values
+    return values.ValueClass is not values.MutexValue
 
 
 class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess()
         self.captured = Counter(
             "tapline_proxy_captures",
             "Exchanges turned into capture records.",
@@ -34,21 +44,25 @@ class ProxyMetrics:
             "tapline_proxy_queue_records",
             "Records waiting between the hooks and the producer.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.queue_bytes = Gauge(
             "tapline_proxy_queue_bytes",
             "Bytes of the records waiting between the hooks and the producer.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "tapline_proxy_in_flight_records",
             "Records handed to the Kafka client and not yet acknowledged or failed.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.in_flight_bytes = Gauge(
             "tapline_proxy_in_flight_bytes",
             "Bytes of the records handed to the Kafka client and not yet acknowledged or failed.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.produce_latency = Histogram(
             "tapline_proxy_produce_latency_seconds",
@@ -62,6 +76,19 @@ class ProxyMetrics:
             ["error"],
             registry=self.registry,
         )
+        self.workers = Gauge(
+            "tapline_proxy_workers",
+            "Proxy worker processes running (PROXY_WORKERS).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_restarts = Counter(
+            "tapline_proxy_worker_restarts",
+            "Proxy workers started again after they died.",
+            registry=self.registry,
+        )
+        if not self.multiprocess:
+            self.workers.set(1)  # this process is the proxy
         for reason in DROP_REASONS:
             self.dropped.labels(reason)  # every reason shows, at 0, from the start
 

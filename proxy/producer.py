@@ -29,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from proxy.metrics import DROP_REASONS, ProxyMetrics
 from proxy.settings import ProxySettings
+from proxy.workers import worker_index
 from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, partitions, record_cap
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class Batch:
         return len(self.queued_at)
 
 
+def _nothing() -> None:
+    pass
+
+
 class CaptureProducer:
     """A bounded queue in front of an `AIOKafkaProducer` that (re)connects in the background."""
 
@@ -74,11 +79,23 @@ class CaptureProducer:
         self._closing = False
         self._abandoned = False
         self._last_drop_log = 0.0
-        # Read when /metrics is scraped, so the hot path sets no gauge.
-        metrics.queue_records.set_function(lambda: len(self._queue))
-        metrics.queue_bytes.set_function(lambda: self._queued_bytes)
-        metrics.in_flight.set_function(lambda: self._in_flight)
-        metrics.in_flight_bytes.set_function(lambda: self._in_flight_bytes)
+        if metrics.multiprocess:
+            # One of several workers (proxy/workers.py): the supervisor reads the gauges
+            # from shared files, so they are written as they change.
+            self._publish = self._set_gauges
+        else:
+            # Read when /metrics is scraped, so the hot path sets no gauge.
+            self._publish = _nothing
+            metrics.queue_records.set_function(lambda: len(self._queue))
+            metrics.queue_bytes.set_function(lambda: self._queued_bytes)
+            metrics.in_flight.set_function(lambda: self._in_flight)
+            metrics.in_flight_bytes.set_function(lambda: self._in_flight_bytes)
+
+    def _set_gauges(self) -> None:
+        self.metrics.queue_records.set(len(self._queue))
+        self.metrics.queue_bytes.set(self._queued_bytes)
+        self.metrics.in_flight.set(self._in_flight)
+        self.metrics.in_flight_bytes.set(self._in_flight_bytes)
 
     # --- the hook side: synchronous, never waits -------------------------------------------
 
@@ -93,6 +110,7 @@ class CaptureProducer:
             return self._drop("queue_full")
         self._queue.append((key, value, time.monotonic()))
         self._queued_bytes += len(value)
+        self._publish()
         self._wakeup.set()
         return True
 
@@ -245,6 +263,7 @@ class CaptureProducer:
             self._queued_bytes -= size
             self._in_flight += 1
             self._in_flight_bytes += size
+        self._publish()
         return {p: batch for p, batch in batches.items() if batch.queued_at}
 
     async def _send(
@@ -273,6 +292,7 @@ class CaptureProducer:
             return
         self._in_flight -= len(batch)
         self._in_flight_bytes -= batch.bytes
+        self._publish()
         if error is not None or cancelled:
             if error is not None:
                 self._count_error(error)
@@ -319,6 +339,7 @@ class CaptureProducer:
         self._queued_bytes = 0
         self._in_flight = 0
         self._in_flight_bytes = 0
+        self._publish()
         summary = {
             "captured": self.metrics.value("tapline_proxy_captures_total"),
             "produced": self.metrics.value("tapline_proxy_produced_total"),
@@ -329,7 +350,10 @@ class CaptureProducer:
             },
             "dropped_at_shutdown": float(left),
         }
-        log.info("capture producer stopped: %s", summary)
+        worker = worker_index()
+        # The supervisor of several workers logs the whole proxy's figures as the last line.
+        log.info("capture producer stopped%s: %s",
+                 "" if worker is None else f" (worker {worker})", summary)
         return summary
 
 

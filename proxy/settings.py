@@ -101,6 +101,7 @@ class ProxySettings:
 
     routes: tuple[Route, ...]
     listen_hosts: tuple[str, ...]
+    workers: int
     event_loop: str
     kafka_bootstrap_servers: str
     topic: str
@@ -144,6 +145,7 @@ class ProxySettings:
             routes=parse_routes(reader.text("PROXY_ROUTES", DEFAULT_ROUTES)),
             # Blank is the default, loopback, never "every interface".
             listen_hosts=parse_listen_hosts(reader.text("PROXY_LISTEN_HOST", "") or "127.0.0.1"),
+            workers=reader.integer("PROXY_WORKERS", default_workers(), minimum=1),
             event_loop=_choice(reader, "PROXY_EVENT_LOOP", ("uvloop", "asyncio")),
             kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topic=reader.text("CAPTURE_TOPIC", "http-captures"),
@@ -177,6 +179,12 @@ class ProxySettings:
                 f"CAPTURE_MAX_RECORD_BYTES ({settings.max_record_bytes})"
             )
         return settings
+
+
+def default_workers() -> int:
+    """PROXY_WORKERS when unset: the CPUs this process may run on (its affinity mask, which
+    a container's cpuset narrows; a CPU quota does not show here, so set it there)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _choice(reader: EnvReader, name: str, choices: tuple[str, ...]) -> str:

@@ -113,6 +113,17 @@ def test_the_proxy_sets_glibcs_mmap_threshold_unless_told_otherwise(monkeypatch)
     assert not keep_big_buffers_off_the_heap()
 
 
+def test_workers_default_to_the_cpus_the_process_may_use():
+    import os
+
+    assert ProxySettings.from_env({}).workers == len(os.sched_getaffinity(0))
+    assert ProxySettings.from_env({"PROXY_WORKERS": "3"}).workers == 3
+    assert ProxySettings.from_env({"PROXY_WORKERS": " "}).workers >= 1  # blank: the default
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(SettingsError, match="PROXY_WORKERS"):
+            ProxySettings.from_env({"PROXY_WORKERS": bad})
+
+
 def test_event_loop_is_uvloop_or_asyncio():
     assert ProxySettings.from_env({}).event_loop == "uvloop"
     assert ProxySettings.from_env({"PROXY_EVENT_LOOP": "AsyncIO"}).event_loop == "asyncio"

@@ -3,7 +3,9 @@
     gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:PORT bench.bench_app:app
 
 GET /small answers a short JSON body; POST /upload reads the whole request body and answers
-its size. Both send Content-Length, so keep-alive works end to end (under gthread workers).
+its size; POST /jobs stands in for app_a's (the seed's `ab -m POST -H "Authorization: mytoken"`
+command): 401 without the header, else the job list, with no call to app_B. All send
+Content-Length, so keep-alive works end to end (under gthread workers).
 """
 
 from __future__ import annotations
@@ -25,8 +27,20 @@ def upload_body(size: int = 100 * 1024) -> bytes:
     return json.dumps({"batch": "b-1", "items": items}).encode()
 
 
+JOBS = json.dumps({"jobs": [{"id": i, "title": f"job {i}", "state": "open"}
+                            for i in range(5)]}).encode()
+
+
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "")
+    if path == "/jobs" and environ["REQUEST_METHOD"] == "POST":
+        if not environ.get("HTTP_AUTHORIZATION", "").strip():
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(JOBS)))])
+        return [JOBS]
     if path == "/small":
         start_response("200 OK", SMALL_HEADERS)
         return [SMALL]

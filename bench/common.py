@@ -6,6 +6,7 @@ second", percentiles come from ab's -e table (per cent -> ms, to the microsecond
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -31,15 +32,18 @@ class Load:
     concurrency: int
     keepalive: bool
     body: bytes | None = None  # None: GET /small; else POST /upload with this body
+    # The seed's own command instead: `ab -m POST -H "Authorization: mytoken" URL/jobs`.
+    jobs: bool = False
 
     @property
     def label(self) -> str:
-        what = f"POST {len(self.body) // 1024} KB" if self.body else "GET small"
+        what = ("POST /jobs (seed)" if self.jobs else
+                f"POST {len(self.body) // 1024} KB" if self.body else "GET small")
         return f"{what}, c={self.concurrency}, {'keep-alive' if self.keepalive else 'new conn'}"
 
     @property
     def path(self) -> str:
-        return "/upload" if self.body else "/small"
+        return "/jobs" if self.jobs else "/upload" if self.body else "/small"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,8 @@ def ab(base_url: str, load: Load, requests: int, *, seconds: float | None = None
             # compares that token case-sensitively, so it would close every connection after
             # one response. A second, lower-case header keeps it open; the app ignores it.
             command += ["-k", "-H", "Connection: keep-alive"]
+        if load.jobs:
+            command += ["-m", "POST", "-H", "Authorization: mytoken"]
         if load.body is not None:
             body = Path(tmp) / "body"
             body.write_bytes(load.body)
@@ -114,6 +120,21 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of the process and of its children now running, theirs and so on (a
+    proxy supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            with contextlib.suppress(OSError, IndexError):  # gone meanwhile
+                total += tree_cpu_seconds(int(child))
+    return total
 
 
 def machine_busy() -> tuple[int, int]:

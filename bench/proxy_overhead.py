@@ -1,6 +1,7 @@
 """What capturing costs the proxy: the capture addon against bare mitmdump, in one session.
 
     .venv/bin/python bench/proxy_overhead.py                 # everything, about 30 minutes
+    .venv/bin/python bench/proxy_overhead.py --only targets --rounds 3 --requests 2000
     .venv/bin/python bench/proxy_overhead.py --only overhead --rounds 3 --requests 2000
     .venv/bin/python bench/proxy_overhead.py --quick         # a small run, as CI does
 
@@ -10,6 +11,13 @@ of `python -m proxy` without the addon); `python -m proxy` with Kafka up; and `p
 proxy` with Kafka down (its bootstrap address is a closed port, so records queue, then drop,
 counted). Sections:
 
+  targets   the proxy against default mitmdump as a user runs it (`mitmdump --mode
+            reverse:URL@PORT -q`): three loads (small keep-alive GETs; the seed's `ab -m POST
+            -H "Authorization: mytoken"` on a new connection per request; 100 KB JSON POSTs),
+            c=4, against mitmdump, the lean master without the addon, the capture proxy with
+            1 and 2 workers, Kafka up and down, and 1 worker on asyncio's loop; req/s, p99,
+            CPU per exchange of all the proxy's processes, the machine's CPU busy, each
+            against its target; and what 2 workers would give with cores to spare.
   overhead  every load (GET small / POST 100 KB, c=4 / c=64, keep-alive or a new connection
             per request) against every configuration, interleaved, in rounds; the table shows
             medians and, against bare mitmdump, the median of each round's paired ratio.
@@ -60,8 +68,10 @@ from bench.common import (
     machine_busy,
     median,
     memory_kb,
+    tree_cpu_seconds,
     wait_for,
 )
+from proxy.metrics import DROP_REASONS
 from stack import free_port, kafka_from_env
 from tests.support import Process, sample, scrape, wait_for_port
 
@@ -129,13 +139,17 @@ class Rig:
             f"http://127.0.0.1:{self.app_port}")
 
     def proxy(self, name: str, *, capture: bool, bootstrap: str | None = None,
-              code: Path | None = None) -> Target:
-        """A proxy in front of the app: bare mitmdump, or `python -m proxy`, from this
-        checkout or, with `code`, from another one (its folder first on the path)."""
+              code: Path | None = None, workers: int = 1, lean: bool = False,
+              event_loop: str | None = None) -> Target:
+        """A proxy in front of the app: bare mitmdump (or, `lean`, the proxy's lean master
+        without the addon), or `python -m proxy` with `workers`, from this checkout or,
+        with `code`, from another one (its folder first on the path)."""
         port = free_port()
         env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{self.app_port}@{port}",
-               "PROXY_METRICS_PORT": "0"}
-        command = [PYTHON, str(ROOT / "bench" / "bare_mitmdump.py")]
+               "PROXY_METRICS_PORT": "0", "PROXY_WORKERS": str(workers)}
+        if event_loop:
+            env["PROXY_EVENT_LOOP"] = event_loop
+        command = [PYTHON, str(ROOT / "bench" / "bare_mitmdump.py"), *(["--lean"] if lean else [])]
         ports = [port]
         metrics = None
         if capture:
@@ -151,6 +165,14 @@ class Rig:
             ports.append(metrics_port)
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         return self.launch(name, command, env, ports, f"http://127.0.0.1:{port}", metrics)
+
+    def mitmdump(self, name: str) -> Target:
+        """mitmdump as a user runs it in front of an app: `mitmdump --mode
+        reverse:URL@PORT -q`, every default."""
+        port = free_port()
+        command = [str(Path(PYTHON).parent / "mitmdump"), "--mode",
+                   f"reverse:http://127.0.0.1:{self.app_port}@{port}", "-q"]
+        return self.launch(name, command, {}, [port], f"http://127.0.0.1:{port}")
 
     @staticmethod
     def ready(*targets: Target) -> None:
@@ -281,6 +303,143 @@ def overhead_table(results: Results, drops: Drops, loads: list[Load],
                 if name in (CAPTURE, KAFKA_DOWN, BASELINE) else "", verdict,
                 end_section=name == names[-1],
             )
+    return table
+
+
+
+# --- section: targets -------------------------------------------------------------------------
+# The proxy against what a user would run instead: default mitmdump. Each load runs against
+# every configuration in turn, in rounds, each round in another order; each figure is the
+# median of the rounds, each ratio the median of the rounds' paired ratios.
+
+MITMDUMP, LEAN = "mitmdump, default", "lean master, no capture"
+ONE, ONE_DOWN = "capture, 1 worker", "capture, 1 worker, Kafka down"
+TWO, TWO_DOWN = "capture, 2 workers", "capture, 2 workers, Kafka down"
+ONE_ASYNCIO = "capture, 1 worker, asyncio loop"  # what uvloop (the default) is worth
+# load label prefix -> least req/s ratio to default mitmdump, for one worker
+RATIO_TARGETS = {"GET small": 1.5, "POST /jobs": 1.2, "POST 100 KB": 1.2}
+CPU_TARGET = 1.1  # capture's CPU per exchange over the lean master's, at most
+WORKERS_TARGET = 1.6  # two workers' req/s over one's, at least, given a core to spare
+
+
+def target_loads() -> list[Load]:
+    return [Load(4, True), Load(4, False, jobs=True), Load(4, True, upload_body())]
+
+
+def start_targets(rig: Rig) -> dict[str, Target]:
+    down = closed_address()
+    targets = {
+        MITMDUMP: rig.mitmdump(MITMDUMP),
+        LEAN: rig.proxy(LEAN, capture=False, lean=True),
+        ONE: rig.proxy(ONE, capture=True),
+        ONE_DOWN: rig.proxy(ONE_DOWN, capture=True, bootstrap=down),
+        ONE_ASYNCIO: rig.proxy(ONE_ASYNCIO, capture=True, event_loop="asyncio"),
+        TWO: rig.proxy(TWO, capture=True, workers=2),
+        TWO_DOWN: rig.proxy(TWO_DOWN, capture=True, bootstrap=down, workers=2),
+    }
+    rig.ready(*targets.values())
+    for name in (ONE, ONE_ASYNCIO, TWO):
+        wait_connected(targets[name])
+    return targets
+
+
+@dataclass
+class Run:
+    rps: float
+    p99_ms: float
+    cpu_us: float  # the proxy's CPU (all its processes) per exchange
+    busy: float  # the machine's CPUs, per cent busy, during the run
+    errors: int
+
+
+def measure_targets(targets: dict[str, Target], loads: list[Load], rounds: int,
+                    requests: int) -> dict[tuple[str, str], list[Run]]:
+    runs: dict[tuple[str, str], list[Run]] = {}
+    names = list(targets)
+    for round_ in range(rounds):
+        for load in loads:
+            shift = (round_ * 2) % len(names)
+            for name in names[shift:] + names[:shift]:
+                target = targets[name]
+                cpu = tree_cpu_seconds(target.pid)
+                busy_before, total_before = machine_busy()
+                result = run(target, load, requests)
+                busy_after, total_after = machine_busy()
+                used = (tree_cpu_seconds(target.pid) - cpu) / result.complete * 1e6
+                busy = (busy_after - busy_before) / max(1, total_after - total_before) * 100
+                runs.setdefault((load.label, name), []).append(
+                    Run(result.rps, result.p99_ms, used, busy, result.errors))
+                note(f"targets round {round_ + 1}/{rounds}  {load.label:<34} {name:<32} "
+                     f"{result.rps:7.0f} req/s  p99 {result.p99_ms:7.2f} ms  "
+                     f"{used:6.0f} µs CPU/exch  machine busy {busy:3.0f}%")
+    return runs
+
+
+def targets_table(runs: dict[tuple[str, str], list[Run]], loads: list[Load],
+                  names: list[str], style: box.Box) -> tuple[Table, list[str]]:
+    table = Table(title="The proxy against default mitmdump (medians of the rounds; ratios "
+                  "paired by round)", box=style)
+    for column in ("load", "configuration", "req/s", "vs mitmdump", "p99 ms",
+                   "p99 vs mitmdump", "CPU µs/exch", "CPU vs lean", "machine busy",
+                   "errors", "target"):
+        table.add_column(column, justify="left" if column in ("load", "configuration",
+                                                              "target") else "right")
+    verdicts = []
+    for load in loads:
+        base = runs[(load.label, MITMDUMP)]
+        lean = runs[(load.label, LEAN)]
+        one = runs[(load.label, ONE)]
+        for name in names:
+            mine = runs[(load.label, name)]
+            ratio = median([m.rps / b.rps for m, b in zip(mine, base, strict=True)])
+            p99 = median([m.p99_ms / b.p99_ms for m, b in zip(mine, base, strict=True)])
+            cpu = median([m.cpu_us / n.cpu_us for m, n in zip(mine, lean, strict=True)])
+            wanted = []
+            if name in (ONE, ONE_DOWN):
+                least = next(v for k, v in RATIO_TARGETS.items() if load.label.startswith(k))
+                wanted.append((f"≥{least}x mitmdump", ratio >= least))
+                wanted.append(("p99 ≤ mitmdump's", p99 <= 1.0))
+                if name == ONE:
+                    wanted.append((f"CPU ≤{CPU_TARGET}x lean", cpu <= CPU_TARGET))
+            if name in (TWO, TWO_DOWN):
+                single = one if name == TWO else runs[(load.label, ONE_DOWN)]
+                scale = median([m.rps / s.rps for m, s in zip(mine, single, strict=True)])
+                wanted.append((f"{scale:.2f}x one worker (≥{WORKERS_TARGET}x)",
+                               scale >= WORKERS_TARGET))
+            verdict = "; ".join(f"{what}: {'met' if ok else 'missed'}" for what, ok in wanted)
+            verdicts += [f"{load.label} / {name}: {what}" for what, ok in wanted if not ok]
+            table.add_row(load.label if name == names[0] else "", name,
+                          f"{median([m.rps for m in mine]):.0f}",
+                          f"{ratio:.2f}" if name != MITMDUMP else "1",
+                          f"{median([m.p99_ms for m in mine]):.2f}",
+                          f"{p99:.2f}" if name != MITMDUMP else "1",
+                          f"{median([m.cpu_us for m in mine]):.0f}",
+                          f"{cpu:.2f}" if name != LEAN else "1",
+                          f"{median([m.busy for m in mine]):.0f}%",
+                          str(sum(m.errors for m in mine)), verdict,
+                          end_section=name == names[-1])
+    return table, verdicts
+
+
+def scaling_estimate(runs: dict[tuple[str, str], list[Run]], loads: list[Load],
+                     style: box.Box) -> Table:
+    """What two workers would give where each has a core of its own: a worker that has its
+    core answers 1 / (its CPU per exchange) a second, so two give 2 x one's CPU per exchange
+    over two's, the rest of the host (ab, the app, Kafka) elsewhere."""
+    table = Table(title="Two workers on a host with cores to spare, estimated from CPU per "
+                  "exchange", box=style)
+    for column in ("load", "1 worker CPU µs/exch", "2 workers CPU µs/exch",
+                   "one worker's ceiling req/s", "estimated 2 workers vs 1",
+                   "measured here", "machine busy here (1 / 2)"):
+        table.add_column(column, justify="left" if column == "load" else "right")
+    for load in loads:
+        one, two = runs[(load.label, ONE)], runs[(load.label, TWO)]
+        cpu1, cpu2 = median([r.cpu_us for r in one]), median([r.cpu_us for r in two])
+        measured = median([t.rps / o.rps for t, o in zip(two, one, strict=True)])
+        table.add_row(load.label, f"{cpu1:.0f}", f"{cpu2:.0f}", f"{1e6 / cpu1:.0f}",
+                      f"{2 * cpu1 / cpu2:.2f}", f"{measured:.2f}",
+                      f"{median([r.busy for r in one]):.0f}% / "
+                      f"{median([r.busy for r in two]):.0f}%")
     return table
 
 
@@ -496,8 +655,7 @@ def account(target: Target, *, kafka_up: bool) -> Account:
             target.name, target.sent,
             sample(samples, "tapline_proxy_captures_total"),
             sample(samples, "tapline_proxy_produced_total"),
-            {reason: value for reason in ("queue_full", "kafka_error", "oversized",
-                                          "encode_error", "shutdown")
+            {reason: value for reason in DROP_REASONS
              if (value := sample(samples, "tapline_proxy_dropped_total", reason=reason))},
             sample(samples, "tapline_proxy_queue_records")
             + sample(samples, "tapline_proxy_in_flight_records"),
@@ -574,8 +732,9 @@ def accounts_table(accounts: list[Account], on_topic: int, produced: float,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["overhead", "cost", "scaling", "memory"],
-                        default=["overhead", "cost", "scaling", "memory"])
+    parser.add_argument("--only", nargs="+",
+                        choices=["targets", "overhead", "cost", "scaling", "memory"],
+                        default=["targets", "overhead", "cost", "scaling", "memory"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000, help="per ab run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 64])
@@ -638,6 +797,19 @@ def main() -> int:
                                                 if "memory" in args.only else ""))
         accounts: list[Account] = []
         started = time.monotonic()
+        if "targets" in args.only:
+            goals = start_targets(rig)
+            t_loads = [loads[0]] if args.quick else target_loads()
+            warm_up(list(goals.values()), t_loads)
+            runs = measure_targets(goals, t_loads, args.rounds, args.requests)
+            table, missed = targets_table(runs, t_loads, list(goals), style)
+            console.print(table)
+            console.print(scaling_estimate(runs, t_loads, style))
+            console.print(f"load average: {load_average()}")
+            for name in (ONE, ONE_ASYNCIO, TWO, ONE_DOWN, TWO_DOWN):
+                accounts.append(account(goals[name], kafka_up=not name.endswith("down")))
+            for line in missed:
+                console.print(f"target missed: {line}")
         if "overhead" in args.only:
             results, drops = overhead(targets, loads, args.rounds, args.requests)
             console.print(overhead_table(results, drops, loads, style))

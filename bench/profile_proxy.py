@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_proxy.py                  # GET small, c=16, keep-alive
     .venv/bin/python bench/profile_proxy.py --body           # POST 100 KB instead
+    .venv/bin/python bench/profile_proxy.py --lean           # against the lean master
 
 Part 1 measures proxy CPU time per request (utime + stime from /proc, no profiler) for bare
 mitmdump, `python -m proxy` as it is, and `python -m proxy` with the aiokafka loggers at
@@ -90,7 +91,7 @@ def run_proxy(args: argparse.Namespace) -> None:
             os.replace(args.profile + ".part", args.profile)  # whole, or not there
 
         signal.signal(STOP, dump)
-    sys.argv = [target[1]]
+    sys.argv = [target[1], *(["--lean"] if args.bare and args.lean else [])]
     try:
         if target[0] == "path":
             runpy.run_path(target[1], run_name="__main__")
@@ -144,17 +145,22 @@ def time_addons(out: Path) -> None:
     signal.signal(STOP, stop)
 
 
+LEAN = [False]  # --lean: the baseline ("bare") is the lean master without the addon
+
+
 def launch(rig: Rig, name: str, *, bare: bool = False, quiet: bool = False,
            profile: Path | None = None, addon_timing: Path | None = None) -> Target:
     port, metrics_port = free_port(), free_port()
     command = [PYTHON, str(HERE), "--run-proxy"]
     command += ["--bare"] if bare else []
+    command += ["--lean"] if bare and LEAN[0] else []
     command += ["--quiet-aiokafka"] if quiet else []
     command += ["--profile", str(profile)] if profile else []
     command += ["--addon-timing", str(addon_timing)] if addon_timing else []
     env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{rig.app_port}@{port}",
            "PROXY_METRICS_PORT": str(metrics_port), "KAFKA_BOOTSTRAP_SERVERS": rig.bootstrap,
-           "CAPTURE_TOPIC": rig.topic, "CAPTURE_REDACT_KEY": REDACT_KEY}
+           "CAPTURE_TOPIC": rig.topic, "CAPTURE_REDACT_KEY": REDACT_KEY,
+           "PROXY_WORKERS": "1"}  # one process: the one profiled
     target = rig.launch(name, command, env, [port], f"http://127.0.0.1:{port}")
     rig.ready(target)
     return target
@@ -265,6 +271,9 @@ def main() -> int:
                         help="only time each of mitmdump's addons")
     parser.add_argument("--run-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lean", action="store_true",
+                        help="compare with the proxy's lean master without the addon, not "
+                             "with mitmdump")
     parser.add_argument("--quiet-aiokafka", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
     parser.add_argument("--addon-timing", help=argparse.SUPPRESS)
@@ -272,6 +281,7 @@ def main() -> int:
     if args.run_proxy:
         run_proxy(args)
         return 0
+    LEAN[0] = args.lean
 
     load = Load(args.concurrency, True, upload_body() if args.body else None)
     with tempfile.TemporaryDirectory(prefix="tapline-profile-") as tmp:

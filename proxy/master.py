@@ -18,9 +18,10 @@ terminal log and the startup error check. Options belong to the addons that defi
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 
-from mitmproxy import master, options
+from mitmproxy import addonmanager, exceptions, hooks, master, options
 from mitmproxy.addons import (
     core,
     disable_h2c,
@@ -28,6 +29,7 @@ from mitmproxy.addons import (
     errorcheck,
     next_layer,
     proxyserver,
+    termlog,
     tlsconfig,
     update_alt_svc,
 )
@@ -47,11 +49,92 @@ def lean_addons() -> list:
     ]
 
 
+class HookTable(addonmanager.AddonManager):
+    """mitmproxy's addon manager, with each event's hooks looked up once.
+
+    mitmproxy's own walks every addon (and its children) for every event, in a
+    `contextlib` context manager each, asking each for a method of the event's name: about
+    ten addons and eight events per exchange, for the two or three methods that exist. Here
+    the methods an event calls are found the first time it fires and kept until an addon is
+    added or removed. What a call does is mitmproxy's: the addons in their order, an error
+    logged as mitmproxy logs it and the next addon called, AddonHalt ending the event.
+    """
+
+    def __init__(self, master_) -> None:
+        super().__init__(master_)
+        self._table: dict[str, list[list]] = {}
+
+    def register(self, addon):
+        self._table.clear()
+        return super().register(addon)
+
+    def remove(self, addon) -> None:
+        self._table.clear()
+        super().remove(addon)
+
+    def clear(self) -> None:
+        self._table.clear()
+        super().clear()
+
+    def _hooks(self, event: hooks.Hook) -> list[list]:
+        """Per addon in the chain that has any, its (and its children's) methods for `event`."""
+        found = self._table.get(event.name)
+        if found is None:
+            found = []
+            for addon in self.chain:
+                methods = [func for _owner, func in self._iter_hooks(addon, event)]
+                if methods:
+                    found.append(methods)
+            self._table[event.name] = found
+        return found
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        args = event.args()
+        for methods in self._hooks(event):
+            try:
+                for func in methods:
+                    result = func(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception:
+                _log_addon_error()
+
+    def trigger(self, event: hooks.Hook) -> None:
+        args = event.args()
+        for methods in self._hooks(event):
+            try:
+                for func in methods:
+                    if inspect.iscoroutinefunction(func):
+                        raise exceptions.AddonManagerError(
+                            f"Async handler {event.name} ({func}) cannot be called from "
+                            "sync context")
+                    func(*args)
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception:
+                _log_addon_error()
+
+
+def _log_addon_error() -> None:
+    """Log the exception being handled as mitmproxy's `safecall` does."""
+    with addonmanager.safecall():
+        raise
+
+
 class LeanMaster(master.Master):
-    """A master with `lean_addons()` and the terminal log."""
+    """A master with `lean_addons()` and the terminal log, on a `HookTable`."""
 
     def __init__(self, opts: options.Options, **kwargs) -> None:
-        super().__init__(opts, with_termlog=True, **kwargs)
+        super().__init__(opts, with_termlog=False, **kwargs)
+        self.addons = HookTable(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         self.addons.add(*lean_addons())
 
     async def run(self) -> None:

@@ -51,3 +51,49 @@ def test_flags_of_left_out_addons_are_refused(flag, capsys):
     with pytest.raises(SystemExit):
         command_line(opts).parse_args(flag)
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+class Recorder:
+    def __init__(self, name, calls, fail=None):
+        self.name, self.calls, self.fail = name, calls, fail
+
+    def requestheaders(self, flow):
+        self.calls.append((self.name, flow))
+        if self.fail:
+            raise self.fail
+
+
+class Parent:
+    name = "parent"
+
+    def __init__(self, calls):
+        self.addons = [Recorder("child", calls)]
+
+
+def test_hook_table_calls_what_mitmproxy_calls_in_its_order(caplog):
+    from mitmproxy import exceptions
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    async def scenario():
+        calls = []
+        master = LeanMaster(options.Options())
+        master.addons.add(Recorder("a", calls), Parent(calls),
+                          Recorder("b", calls, fail=ValueError("boom")), Recorder("c", calls))
+        await master.addons.trigger_event(HttpRequestHeadersHook("flow"))
+        first = list(calls)
+        # An addon added later is called too: the table is rebuilt.
+        master.addons.add(Recorder("d", calls))
+        calls.clear()
+        master.addons.trigger(HttpRequestHeadersHook("flow"))
+        second = list(calls)
+        master.addons.add(Recorder("halt", calls, fail=exceptions.AddonHalt()))
+        master.addons.add(Recorder("after", calls))
+        calls.clear()
+        await master.addons.trigger_event(HttpRequestHeadersHook("flow"))
+        return first, second, list(calls)
+
+    first, second, third = asyncio.run(scenario())
+    assert first == [("a", "flow"), ("child", "flow"), ("b", "flow"), ("c", "flow")]
+    assert second == [*first, ("d", "flow")]
+    assert [name for name, _ in third] == ["a", "child", "b", "c", "d", "halt"]
+    assert "Addon error: boom" in caplog.text

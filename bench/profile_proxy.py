@@ -52,7 +52,9 @@ START, STOP = signal.SIGRTMIN + 1, signal.SIGRTMIN + 2  # to the wrapped proxy: 
 ENTRY_POINTS = [  # (label, file suffix, function name)
     ("addon hooks: response (build, redact, encode, queue)", "proxy/addon.py", "response"),
     ("  build_record", "proxy/exchange.py", "build_record"),
-    ("  redaction", "capture/redact.py", "redact"),
+    ("  redaction: request target", "capture/redact/redactor.py", "target"),
+    ("  redaction: headers", "capture/redact/redactor.py", "headers"),
+    ("  bodies, read and redacted", "proxy/exchange.py", "redacted_body_of"),
     ("  encode (orjson)", "capture/record.py", "encode"),
     ("  queue (offer, gauges)", "proxy/producer.py", "offer"),
     ("addon hooks: requestheaders", "proxy/addon.py", "requestheaders"),

@@ -18,6 +18,8 @@ counted). Sections:
             1 and 2 workers, Kafka up and down, and 1 worker on asyncio's loop; req/s, p99,
             CPU per exchange of all the proxy's processes, the machine's CPU busy, each
             against its target; and what 2 workers would give with cores to spare.
+  linger    the capture proxy with KAFKA_LINGER_MS 5, 25 and 100, small GETs and 100 KB
+            POSTs: CPU per exchange, req/s, p99, and the median produce latency.
   overhead  every load (GET small / POST 100 KB, c=4 / c=64, keep-alive or a new connection
             per request) against every configuration, interleaved, in rounds; the table shows
             medians and, against bare mitmdump, the median of each round's paired ratio.
@@ -140,13 +142,13 @@ class Rig:
 
     def proxy(self, name: str, *, capture: bool, bootstrap: str | None = None,
               code: Path | None = None, workers: int = 1, lean: bool = False,
-              event_loop: str | None = None) -> Target:
+              event_loop: str | None = None, env: dict[str, str] | None = None) -> Target:
         """A proxy in front of the app: bare mitmdump (or, `lean`, the proxy's lean master
         without the addon), or `python -m proxy` with `workers`, from this checkout or,
         with `code`, from another one (its folder first on the path)."""
         port = free_port()
         env = {"PROXY_ROUTES": f"bench=http://127.0.0.1:{self.app_port}@{port}",
-               "PROXY_METRICS_PORT": "0", "PROXY_WORKERS": str(workers)}
+               "PROXY_METRICS_PORT": "0", "PROXY_WORKERS": str(workers), **(env or {})}
         if event_loop:
             env["PROXY_EVENT_LOOP"] = event_loop
         command = [PYTHON, str(ROOT / "bench" / "bare_mitmdump.py"), *(["--lean"] if lean else [])]
@@ -443,6 +445,65 @@ def scaling_estimate(runs: dict[tuple[str, str], list[Run]], loads: list[Load],
     return table
 
 
+# --- section: linger ---------------------------------------------------------------------------
+
+LINGERS_MS = (5, 25, 100)
+
+
+def linger(rig: Rig, rounds: int, requests: int, style: box.Box,
+           quick: bool) -> tuple[Table, list[Target]]:
+    """The capture proxy (1 worker, Kafka up) with KAFKA_LINGER_MS at each of LINGERS_MS: a
+    longer linger makes fewer, larger batches (fewer produce requests, compression and
+    acknowledgements per record) and makes each record wait that much longer for Kafka."""
+    targets = {ms: rig.proxy(f"capture, linger {ms} ms", capture=True,
+                             env={"KAFKA_LINGER_MS": str(ms)}) for ms in LINGERS_MS}
+    rig.ready(*targets.values())
+    for target in targets.values():
+        wait_connected(target)
+    loads = [Load(4, True)] if quick else [Load(4, True), Load(4, True, upload_body())]
+    warm_up(list(targets.values()), loads)
+    runs: dict[tuple[str, int], list[Run]] = {}
+    for round_ in range(rounds):
+        for load in loads:
+            order = list(LINGERS_MS[round_ % 3:] + LINGERS_MS[:round_ % 3])
+            for ms in order:
+                target = targets[ms]
+                cpu = tree_cpu_seconds(target.pid)
+                result = run(target, load, requests)
+                used = (tree_cpu_seconds(target.pid) - cpu) / result.complete * 1e6
+                runs.setdefault((load.label, ms), []).append(
+                    Run(result.rps, result.p99_ms, used, 0.0, result.errors))
+                note(f"linger round {round_ + 1}/{rounds}  {load.label:<32} {ms:>4} ms "
+                     f"{result.rps:7.0f} req/s  {used:6.0f} µs CPU/exch")
+    table = Table(title="KAFKA_LINGER_MS: the capture proxy, 1 worker, Kafka up (medians of "
+                  "the rounds)", box=style)
+    for column in ("load", "linger ms", "req/s", "p99 ms", "CPU µs/exch", "each round",
+                   "produce latency p50 ms"):
+        table.add_column(column, justify="left" if column == "load" else "right")
+    for load in loads:
+        for ms in LINGERS_MS:
+            mine = runs[(load.label, ms)]
+            table.add_row(load.label if ms == LINGERS_MS[0] else "", str(ms),
+                          f"{median([m.rps for m in mine]):.0f}",
+                          f"{median([m.p99_ms for m in mine]):.2f}",
+                          f"{median([m.cpu_us for m in mine]):.0f}",
+                          ", ".join(f"{m.cpu_us:.0f}" for m in mine),
+                          f"{latency_p50(targets[ms]) * 1000:.1f}",
+                          end_section=ms == LINGERS_MS[-1])
+    return table, list(targets.values())
+
+
+def latency_p50(target: Target) -> float:
+    """The median of the proxy's produce latency so far, from its histogram's buckets (the
+    upper bound of the bucket that holds it)."""
+    samples = scrape(target.metrics)
+    total = sample(samples, "tapline_proxy_produce_latency_seconds_count")
+    buckets = sorted((float(key.split('le="')[1].split('"')[0]), value)
+                     for key, value in samples.items()
+                     if key.startswith("tapline_proxy_produce_latency_seconds_bucket"))
+    return next((bound for bound, count in buckets if count >= total / 2), float("nan"))
+
+
 # --- section: cost per request ----------------------------------------------------------------
 
 
@@ -733,8 +794,8 @@ def accounts_table(accounts: list[Account], on_topic: int, produced: float,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+",
-                        choices=["targets", "overhead", "cost", "scaling", "memory"],
-                        default=["targets", "overhead", "cost", "scaling", "memory"])
+                        choices=["targets", "linger", "overhead", "cost", "scaling", "memory"],
+                        default=["targets", "linger", "overhead", "cost", "scaling", "memory"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000, help="per ab run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 64])
@@ -810,6 +871,10 @@ def main() -> int:
                 accounts.append(account(goals[name], kafka_up=not name.endswith("down")))
             for line in missed:
                 console.print(f"target missed: {line}")
+        if "linger" in args.only:
+            table, lingering = linger(rig, args.rounds, args.requests, style, args.quick)
+            console.print(table)
+            accounts += [account(t, kafka_up=True) for t in lingering]
         if "overhead" in args.only:
             results, drops = overhead(targets, loads, args.rounds, args.requests)
             console.print(overhead_table(results, drops, loads, style))

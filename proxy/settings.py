@@ -156,7 +156,7 @@ class ProxySettings:
                                                  minimum=0),
             queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 << 20, minimum=1),
             shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0),
-            linger_ms=reader.integer("KAFKA_LINGER_MS", 5, minimum=0),
+            linger_ms=reader.integer("KAFKA_LINGER_MS", 25, minimum=0),
             max_batch_bytes=reader.integer("KAFKA_MAX_BATCH_BYTES", 4 << 20, minimum=1024),
             compression=None if compression == "none" else compression,
             trusted_proxies=trusted,

@@ -96,12 +96,9 @@ class HookTable(addonmanager.AddonManager):
                     result = func(*args)
                     if result is not None and inspect.isawaitable(result):
                         await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception:
-                _log_addon_error()
+            except Exception as e:
+                if _halts(e):
+                    return
 
     def trigger(self, event: hooks.Hook) -> None:
         args = event.args()
@@ -113,18 +110,20 @@ class HookTable(addonmanager.AddonManager):
                             f"Async handler {event.name} ({func}) cannot be called from "
                             "sync context")
                     func(*args)
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception:
-                _log_addon_error()
+            except Exception as e:
+                if _halts(e):
+                    return
 
 
-def _log_addon_error() -> None:
-    """Log the exception being handled as mitmproxy's `safecall` does."""
-    with addonmanager.safecall():
+def _halts(error: Exception) -> bool:
+    """What an addon's exception does to an event, as mitmproxy's `safecall` has it:
+    AddonHalt ends the event (True), OptionsError goes up, any other is logged and the next
+    addon is called (False). Called while `error` is being handled."""
+    if isinstance(error, exceptions.AddonHalt):
+        return True
+    with addonmanager.safecall():  # re-raises OptionsError; logs the rest
         raise
+    return False
 
 
 class LeanMaster(master.Master):

@@ -11,18 +11,25 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from config import EnvReader, SettingsError
+from config import EnvReader, GiB, KiB, MiB, SettingsError
 from proxy.exchange import Network, parse_networks
+from topics import MAX_RECORD_BYTES, max_record_bytes
 
 __all__ = [
     "DEFAULT_ROUTES", "ProxySettings", "Route", "SettingsError", "parse_listen_hosts",
     "parse_routes",
 ]
 
+MAX_WORKERS = 256
+MAX_PARTITIONS = 10_000
+MAX_BODY_BYTES = GiB
+MAX_WAIT_S = 3600.0  # the longest flush or budget a setting may ask for
+
 DEFAULT_ROUTES = "app_a=http://127.0.0.1:5100@5000,app_b=http://127.0.0.1:5101@5001"
 
-_ROUTE = re.compile(r"^(?P<app>[A-Za-z0-9_.-]+)=(?P<upstream>https?://[^@\s]+)@(?P<port>\d+)$")
+_APP = re.compile(r"[A-Za-z0-9_.-]+")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
@@ -46,27 +53,62 @@ class Route:
 
 
 def parse_routes(spec: str) -> tuple[Route, ...]:
-    """`name=URL@PORT,...` (mitmproxy's reverse-mode syntax with a name in front)."""
+    """`name=URL@PORT,...` (mitmproxy's reverse-mode syntax with a name in front).
+
+    The upstream is a scheme, a host and a port, nothing more: mitmproxy's reverse mode would
+    drop a path or query without a word, and credentials in it would be sent to the app and
+    shown in every listing of the routes. Errors name the route by its number and name, never
+    by its text, which may hold such credentials.
+    """
     routes = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        match = _ROUTE.match(part)
-        if match is None:
-            raise SettingsError(
-                f"PROXY_ROUTES: {part!r} is not NAME=http://HOST:PORT@LISTEN_PORT"
-            )
-        port = int(match["port"])
+    for number, part in enumerate((p.strip() for p in spec.split(",") if p.strip()), 1):
+        name, equals, rest = part.partition("=")
+        upstream, at, listen = rest.rpartition("@")
+        where = f"PROXY_ROUTES: route {number}"
+        if _APP.fullmatch(name):
+            where += f" ({name})"
+        if not (equals and at and _APP.fullmatch(name) and listen.isdigit()):
+            raise SettingsError(f"{where} is not NAME=http://HOST:PORT@LISTEN_PORT")
+        port = int(listen)
         if not 0 < port < 65536:
-            raise SettingsError(f"PROXY_ROUTES: listen port {port} is out of range")
-        routes.append(Route(match["app"], match["upstream"].rstrip("/"), port))
+            raise SettingsError(f"{where}: listen port {port} is out of range")
+        routes.append(Route(name, _upstream(upstream, where), port))
     if not routes:
         raise SettingsError("PROXY_ROUTES names no route")
     ports = [route.port for route in routes]
     if len(set(ports)) != len(ports):
-        raise SettingsError(f"PROXY_ROUTES: a listen port is used twice ({spec})")
+        raise SettingsError(f"PROXY_ROUTES: a listen port is used twice ({sorted(ports)})")
     return tuple(routes)
+
+
+def _upstream(url: str, where: str) -> str:
+    """`url` as `scheme://host:port`, or an error that says what is wrong without the URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"{where}: the upstream's port is not a number from 1 to 65535"
+                            ) from None
+    if parts.scheme not in ("http", "https") or not url.startswith(f"{parts.scheme}://"):
+        raise SettingsError(f"{where}: the upstream must start with http:// or https://")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise SettingsError(f"{where}: the upstream must not hold credentials (user:password@)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url or "#" in url:
+        raise SettingsError(f"{where}: the upstream takes no path, query or fragment "
+                            "(mitmproxy's reverse mode forwards the client's path as it is)")
+    host = parts.hostname
+    if not host or any(c.isspace() for c in url):
+        raise SettingsError(f"{where}: the upstream names no host")
+    if port == 0:
+        raise SettingsError(f"{where}: the upstream's port is not a number from 1 to 65535")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise SettingsError(f"{where}: the upstream's host is not an address") from None
+    elif not _HOSTNAME.match(host) or ".." in host:
+        raise SettingsError(f"{where}: the upstream's host is not a host name or address")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def parse_listen_hosts(spec: str) -> tuple[str, ...]:
@@ -145,23 +187,29 @@ class ProxySettings:
             routes=parse_routes(reader.text("PROXY_ROUTES", DEFAULT_ROUTES)),
             # Blank is the default, loopback, never "every interface".
             listen_hosts=parse_listen_hosts(reader.text("PROXY_LISTEN_HOST", "") or "127.0.0.1"),
-            workers=reader.integer("PROXY_WORKERS", default_workers(), minimum=1),
-            event_loop=_choice(reader, "PROXY_EVENT_LOOP", ("uvloop", "asyncio")),
+            workers=reader.integer("PROXY_WORKERS", default_workers(), minimum=1,
+                                   maximum=MAX_WORKERS),
+            event_loop=reader.choice("PROXY_EVENT_LOOP", ("uvloop", "asyncio")),
             kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topic=reader.text("CAPTURE_TOPIC", "http-captures"),
-            topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1),
-            max_record_bytes=reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 << 20, minimum=64 << 10),
-            body_max_bytes=reader.integer("CAPTURE_BODY_MAX_BYTES", 1 << 20, minimum=0),
-            params_body_max_bytes=reader.integer("CAPTURE_PARAMS_BODY_MAX_BYTES", 16 << 10,
-                                                 minimum=0),
-            queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 << 20, minimum=1),
-            shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0),
-            linger_ms=reader.integer("KAFKA_LINGER_MS", 25, minimum=0),
-            max_batch_bytes=reader.integer("KAFKA_MAX_BATCH_BYTES", 4 << 20, minimum=1024),
+            topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1,
+                                            maximum=MAX_PARTITIONS),
+            max_record_bytes=max_record_bytes(reader),
+            body_max_bytes=reader.integer("CAPTURE_BODY_MAX_BYTES", 1 * MiB, minimum=0,
+                                          maximum=MAX_BODY_BYTES),
+            params_body_max_bytes=reader.integer("CAPTURE_PARAMS_BODY_MAX_BYTES", 16 * KiB,
+                                                 minimum=0, maximum=MAX_BODY_BYTES),
+            queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 * MiB, minimum=1,
+                                           maximum=64 * GiB),
+            shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0,
+                                             maximum=MAX_WAIT_S),
+            linger_ms=reader.integer("KAFKA_LINGER_MS", 25, minimum=0, maximum=60_000),
+            max_batch_bytes=reader.integer("KAFKA_MAX_BATCH_BYTES", 4 * MiB, minimum=KiB,
+                                           maximum=MAX_RECORD_BYTES),
             compression=None if compression == "none" else compression,
             trusted_proxies=trusted,
             metrics_host=reader.text("PROXY_METRICS_HOST", "127.0.0.1"),
-            metrics_port=reader.integer("PROXY_METRICS_PORT", 9101, minimum=0),
+            metrics_port=reader.port("PROXY_METRICS_PORT", 9101, zero="off"),
             log_connections=reader.flag("PROXY_LOG_CONNECTIONS", False),
             redact=reader.flag("CAPTURE_REDACT", True),
             redact_key=reader.text("CAPTURE_REDACT_KEY", "").encode() or None,
@@ -169,9 +217,10 @@ class ProxySettings:
             redact_fields=_names(reader.text("CAPTURE_REDACT_FIELDS", "")),
             redact_keep_names=_names(reader.text("CAPTURE_REDACT_KEEP_NAMES", "")),
             redact_emails=reader.flag("CAPTURE_REDACT_EMAILS", True),
-            redact_budget_ms=reader.number("CAPTURE_REDACT_BUDGET_MS", 100.0),
-            unscanned_bodies=_choice(reader, "CAPTURE_UNSCANNED_BODIES", ("withhold", "keep")),
-            form_files=_choice(reader, "CAPTURE_FORM_FILES", ("withhold", "keep")),
+            redact_budget_ms=reader.number("CAPTURE_REDACT_BUDGET_MS", 100.0,
+                                           maximum=MAX_WAIT_S * 1000),
+            unscanned_bodies=reader.choice("CAPTURE_UNSCANNED_BODIES", ("withhold", "keep")),
+            form_files=reader.choice("CAPTURE_FORM_FILES", ("withhold", "keep")),
         )
         if settings.queue_max_bytes < settings.max_record_bytes:
             raise SettingsError(
@@ -185,13 +234,6 @@ def default_workers() -> int:
     """PROXY_WORKERS when unset: the CPUs this process may run on (its affinity mask, which
     a container's cpuset narrows; a CPU quota does not show here, so set it there)."""
     return len(os.sched_getaffinity(0))
-
-
-def _choice(reader: EnvReader, name: str, choices: tuple[str, ...]) -> str:
-    value = reader.text(name, choices[0]).lower() or choices[0]
-    if value not in choices:
-        raise SettingsError(f"{name}={value!r}: use {' or '.join(choices)}")
-    return value
 
 
 def _names(spec: str) -> tuple[str, ...]:

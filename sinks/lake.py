@@ -29,7 +29,7 @@ from datetime import UTC
 from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord, canonical_ip, decode_json, parse_time
-from config import EnvReader, SettingsError
+from config import EnvReader, SettingsError, shown
 from sinks.loop import Item, Sink
 
 log = logging.getLogger(__name__)
@@ -74,22 +74,18 @@ class LakeSettings:
         reader = EnvReader(os.environ if env is None else env)
         endpoint = reader.text("S3_ENDPOINT_URL", "http://127.0.0.1:9000").rstrip("/") or None
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise SettingsError(f"S3_ENDPOINT_URL={endpoint!r}: use http://host:port or "
+            raise SettingsError("S3_ENDPOINT_URL: use http://host:port or "
                                 "https://host, or leave it empty for AWS S3")
         bucket = reader.text("S3_BUCKET", "captures")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-            raise SettingsError(f"S3_BUCKET={bucket!r} is not a valid bucket name")
+            raise SettingsError(f"S3_BUCKET={shown(bucket)} is not a valid bucket name")
         key = reader.text("S3_ACCESS_KEY_ID", "tapline" if endpoint else "")
         secret = reader.text("S3_SECRET_ACCESS_KEY", "tapline-secret" if endpoint else "")
         if bool(key) != bool(secret):
             raise SettingsError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither "
                                 "(empty: the standard AWS credential chain)")
-        level = reader.integer("LAKE_GZIP_LEVEL", 6, minimum=1)
-        if level > 9:
-            raise SettingsError(f"LAKE_GZIP_LEVEL={level} is above the maximum 9")
-        timeout_s = reader.number("S3_TIMEOUT_S", 30.0)
-        if timeout_s <= 0:
-            raise SettingsError("S3_TIMEOUT_S must be a positive number of seconds")
+        level = reader.integer("LAKE_GZIP_LEVEL", 6, minimum=1, maximum=9)
+        timeout_s = reader.number("S3_TIMEOUT_S", 30.0, maximum=3600.0, above_minimum=True)
         return cls(
             endpoint_url=endpoint,
             bucket=bucket,

@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config import EnvReader, SettingsError
+from config import EnvReader, GiB, KiB, MiB, SettingsError
+from topics import max_record_bytes
 
 SINKS = ("timescale", "lake")
 
@@ -53,18 +54,20 @@ class LoopSettings:
             topic=topic,
             group_id=reader.text("SINK_GROUP_ID", defaults["group"]),
             dlq_topic=reader.text("DLQ_TOPIC", f"{topic}.dlq"),
-            poll_timeout_ms=reader.integer("SINK_POLL_TIMEOUT_MS", 200, minimum=1),
-            batch_max_records=reader.integer("SINK_BATCH_MAX_RECORDS", 5000, minimum=1),
-            batch_max_bytes=reader.integer("SINK_BATCH_MAX_BYTES", 32 << 20, minimum=1024),
+            poll_timeout_ms=reader.integer("SINK_POLL_TIMEOUT_MS", 200, minimum=1,
+                                           maximum=60_000),
+            batch_max_records=reader.integer("SINK_BATCH_MAX_RECORDS", 5000, minimum=1,
+                                             maximum=1_000_000),
+            batch_max_bytes=reader.integer("SINK_BATCH_MAX_BYTES", 32 * MiB, minimum=KiB,
+                                           maximum=4 * GiB),
             batch_max_age_ms=reader.integer(
-                "SINK_BATCH_MAX_AGE_MS", defaults["max_age_ms"], minimum=0
+                "SINK_BATCH_MAX_AGE_MS", defaults["max_age_ms"], minimum=0, maximum=3_600_000
             ),
-            max_record_bytes=reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 << 20,
-                                            minimum=64 << 10),
-            retry_max_backoff_s=reader.number("SINK_RETRY_MAX_BACKOFF_S", 10.0),
+            max_record_bytes=max_record_bytes(reader),
+            retry_max_backoff_s=reader.number("SINK_RETRY_MAX_BACKOFF_S", 10.0, minimum=0.01,
+                                              maximum=3600.0),
             metrics_host=reader.text("SINK_METRICS_HOST", "127.0.0.1"),
-            metrics_port=reader.integer("SINK_METRICS_PORT", defaults["metrics_port"],
-                                        minimum=0),
+            metrics_port=reader.port("SINK_METRICS_PORT", defaults["metrics_port"], zero="off"),
         )
 
 
@@ -89,9 +92,7 @@ class TimescaleSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TimescaleSettings:
         reader = EnvReader(os.environ if env is None else env)
-        method = reader.text("TIMESCALE_WRITE_METHOD", "copy")
-        if method not in ("copy", "insert"):
-            raise SettingsError(f"TIMESCALE_WRITE_METHOD={method!r}: use copy or insert")
+        method = reader.choice("TIMESCALE_WRITE_METHOD", ("copy", "insert"))
         migrate = reader.flag("TIMESCALE_MIGRATE", True)
         compress_after = reader.text("TIMESCALE_COMPRESS_AFTER", "") or None
         retention = reader.text("TIMESCALE_RETENTION", "") or None
@@ -103,7 +104,8 @@ class TimescaleSettings:
         return cls(
             database_url=reader.text(
                 "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
-            body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 << 10, minimum=0),
+            body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 * KiB, minimum=0,
+                                          maximum=GiB),
             write_method=method,
             compress_after=compress_after,
             retention=retention,

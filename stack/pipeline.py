@@ -66,7 +66,7 @@ class RunSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RunSettings:
         read = EnvReader(os.environ if env is None else env)
-        port = lambda name, default: read.integer(name, default, minimum=1)  # noqa: E731
+        port = read.port
         return cls(
             run_dir=Path(read.text("RUN_DIR", str(REPO / ".run"))).resolve(),
             reset=read.flag("RUN_RESET", False),

@@ -10,9 +10,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from config import EnvReader, GiB, KiB, MiB
+
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_MS = 15_000
+
+# CAPTURE_MAX_RECORD_BYTES: the proxy's and the sinks' reading of it, one range. Kafka's
+# max.message.bytes is a 32-bit int, which `message_limit` of 1 GiB stays well under.
+MAX_RECORD_BYTES = GiB
+
+
+def max_record_bytes(reader: EnvReader) -> int:
+    """CAPTURE_MAX_RECORD_BYTES, as the proxy and the sinks both read it."""
+    return reader.integer("CAPTURE_MAX_RECORD_BYTES", 4 * MiB, minimum=64 * KiB,
+                          maximum=MAX_RECORD_BYTES)
 
 
 def message_limit(max_record_bytes: int) -> int:

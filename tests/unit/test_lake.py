@@ -90,7 +90,7 @@ def test_settings_empty_endpoint_means_aws_and_its_credential_chain():
     ({"S3_ENDPOINT_URL": "127.0.0.1:9000"}, "use http://host:port"),
     ({"S3_BUCKET": "Captures_1"}, "not a valid bucket name"),
     ({"S3_ACCESS_KEY_ID": "AK", "S3_SECRET_ACCESS_KEY": ""}, "set both"),
-    ({"S3_TIMEOUT_S": "0"}, "S3_TIMEOUT_S must be a positive"),
+    ({"S3_TIMEOUT_S": "0"}, "S3_TIMEOUT_S=0 must be above 0"),
     ({"S3_TIMEOUT_S": "soon"}, "S3_TIMEOUT_S='soon' is not a number"),
 ])
 def test_settings_errors_name_the_variable(env, says):

@@ -78,7 +78,8 @@ def test_bad_listen_hosts(spec, message):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("app_a=127.0.0.1:5100@5000", "is not NAME=http://HOST:PORT@LISTEN_PORT"),
+        ("app_a=127.0.0.1:5100@5000", "must start with http:// or https://"),
+        ("app_a 127.0.0.1:5100@5000", "is not NAME=http://HOST:PORT@LISTEN_PORT"),
         ("app_a=http://a@5000,app_b=http://b@5000", "used twice"),
         ("app_a=http://a@70000", "out of range"),
         (" , ", "names no route"),
@@ -97,7 +98,7 @@ def test_bad_routes(spec, message):
         ({"KAFKA_COMPRESSION": "brotli"}, "KAFKA_COMPRESSION='brotli'"),
         ({"PROXY_TRUSTED_PROXIES": "10.0.0.0/8,nope"}, "PROXY_TRUSTED_PROXIES"),
         ({"CAPTURE_QUEUE_MAX_BYTES": "1000"}, "must hold at least one record"),
-        ({"CAPTURE_SHUTDOWN_TIMEOUT_S": "-1"}, "negative"),
+        ({"CAPTURE_SHUTDOWN_TIMEOUT_S": "-1"}, "must be at least 0"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

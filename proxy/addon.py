@@ -23,6 +23,7 @@ from mitmproxy import ctx, exceptions, http
 
 from capture.record import shrink
 from capture.redact.redactor import Policy, Redactor
+from config.endpoint import StartError
 from proxy.exchange import (
     build_record,
     frame_for_http1,
@@ -65,9 +66,10 @@ class CaptureAddon:
                         "rewrote, not the client's")
         try:
             self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
-        except OSError as e:
-            log.error("metrics endpoint %s:%d unavailable: %s",
-                      self.settings.metrics_host, self.settings.metrics_port, e)
+        except StartError as e:
+            # An error at start: mitmproxy's error check stops the proxy (exit status 1).
+            log.error("%s", e)
+            return
         quiet_kafka_client_logs()
         keep_secrets_out_of_logs(self.redactor)
         self.producer.start()

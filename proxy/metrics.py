@@ -6,7 +6,9 @@ addons in one process, and keeps the endpoint to what the proxy itself knows.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from config.endpoint import serve_metrics
 
 # worker_lost: what a proxy worker held (queued or in flight) when it died; proxy/workers.py.
 DROP_REASONS = ("queue_full", "oversized", "kafka_error", "shutdown", "encode_error",
@@ -94,8 +96,7 @@ class ProxyMetrics:
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics over HTTP from a daemon thread (port 0 turns it off)."""
-        if port:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = serve_metrics(self.registry, host, port)
 
     def close(self) -> None:
         server = getattr(self, "_server", None)

@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from config.endpoint import StartError, serve_metrics
 from proxy.settings import ProxySettings
 
 WORKER_ENV = "TAPLINE_PROXY_WORKER"
@@ -202,7 +203,7 @@ class Supervisor:
     # --- the whole -----------------------------------------------------------------------
 
     def run(self) -> int:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
         def on_signal(signum, _frame) -> None:
@@ -216,12 +217,11 @@ class Supervisor:
                 registry = CollectorRegistry()
                 MultiProcessCollector(registry, self.folder)
                 try:
-                    server, _ = start_http_server(self.settings.metrics_port,
-                                                  addr=self.settings.metrics_host,
-                                                  registry=registry)
-                except OSError as e:
-                    log.error("metrics endpoint %s:%d unavailable: %s",
-                              self.settings.metrics_host, self.settings.metrics_port, e)
+                    server = serve_metrics(registry, self.settings.metrics_host,
+                                           self.settings.metrics_port)
+                except StartError as e:
+                    log.error("%s", e)
+                    return 1
             for index in range(self.count):
                 self.start(index)
             self.watch()

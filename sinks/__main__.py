@@ -9,6 +9,7 @@ import signal
 import sys
 
 from config import SettingsError
+from config.endpoint import StartError
 from sinks.loop import ConsumerLoop, Sink
 from sinks.metrics import SinkMetrics
 from sinks.settings import SINKS, LoopSettings, TimescaleSettings
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(f"tapline sink: {e}", file=sys.stderr)
         return 2
+    except StartError as e:
+        print(f"tapline sink: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from config.endpoint import serve_metrics
 
 
 class SinkMetrics:
@@ -35,8 +37,7 @@ class SinkMetrics:
         self._lag.labels(self.sink, str(partition)).set(value)
 
     def serve(self, host: str, port: int) -> None:
-        if port:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = serve_metrics(self.registry, host, port)
 
     def close(self) -> None:
         if self._server is not None:

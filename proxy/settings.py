@@ -31,6 +31,8 @@ DEFAULT_ROUTES = "app_a=http://127.0.0.1:5100@5000,app_b=http://127.0.0.1:5101@5
 
 _APP = re.compile(r"[A-Za-z0-9_.-]+")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+# Upstreams are often container names, which may hold underscores (compose's `app_a`).
+_UPSTREAM_HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ def _upstream(url: str, where: str) -> str:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise SettingsError(f"{where}: the upstream's host is not an address") from None
-    elif not _HOSTNAME.match(host) or ".." in host:
+    elif not _UPSTREAM_HOST.match(host) or ".." in host:
         raise SettingsError(f"{where}: the upstream's host is not a host name or address")
     return f"{parts.scheme}://{parts.netloc}"
 

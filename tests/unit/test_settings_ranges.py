@@ -172,6 +172,7 @@ def test_route_upstreams_are_scheme_host_port_and_errors_do_not_echo(spec, says)
         ("a=http://127.0.0.1:5100/@5000", "http://127.0.0.1:5100"),
         ("a=https://app.internal@5000", "https://app.internal"),
         ("a=http://[::1]:5100@5000", "http://[::1]:5100"),
+        ("app_a=http://app_a:5000@5000", "http://app_a:5000"),  # a compose service
     ],
 )
 def test_good_upstreams(spec, upstream):

@@ -55,7 +55,8 @@ def test_a_metrics_host_that_does_not_resolve_stops_the_proxy(workers):
     ("env", "says"),
     [
         ({"PROXY_METRICS_PORT": "70000"}, "PROXY_METRICS_PORT=70000 is above the maximum 65535"),
-        ({"CAPTURE_SHUTDOWN_TIMEOUT_S": "nan"}, "CAPTURE_SHUTDOWN_TIMEOUT_S='nan': use a finite number"),
+        ({"CAPTURE_SHUTDOWN_TIMEOUT_S": "nan"},
+         "CAPTURE_SHUTDOWN_TIMEOUT_S='nan': use a finite number"),
         ({"PROXY_ROUTES": f"a=http://admin:{SECRET}@127.0.0.1:5100@5000"},
          "route 1 (a): the upstream must not hold credentials (user:password@)"),
     ],

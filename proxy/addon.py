@@ -34,6 +34,7 @@ from proxy.exchange import (
 from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer, quiet_kafka_client_logs
 from proxy.settings import ProxySettings, SettingsError
+from proxy.spool import SpoolUnusable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ class CaptureAddon:
             return
         quiet_kafka_client_logs()
         keep_secrets_out_of_logs(self.redactor)
-        self.producer.start()
+        try:
+            self.producer.start()
+        except SpoolUnusable as e:
+            log.error("%s", e)  # mitmproxy's error check stops the proxy (exit status 1)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         frame_for_http1(flow)

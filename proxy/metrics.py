@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from config.endpoint import serve_metrics
 
 # worker_lost: what a proxy worker held (queued or in flight) when it died; proxy/workers.py.
+# spool_full: Kafka was out of reach and the spool at its cap or its disk full (proxy/spool.py).
 DROP_REASONS = ("queue_full", "oversized", "kafka_error", "shutdown", "encode_error",
-                "worker_lost")
+                "worker_lost", "spool_full")
 
 
 def multiprocess() -> bool:
@@ -65,6 +66,23 @@ class ProxyMetrics:
             "Bytes of the records handed to the Kafka client and not yet acknowledged or failed.",
             registry=self.registry,
             multiprocess_mode="livesum",
+        )
+        self.spool_records = Gauge(
+            "tapline_proxy_spool_records",
+            "Records in the on-disk spool (CAPTURE_SPOOL_DIR), waiting for Kafka.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.spool_bytes = Gauge(
+            "tapline_proxy_spool_bytes",
+            "Bytes of the records in the on-disk spool (keys and values).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.spool_recovered = Counter(
+            "tapline_proxy_spool_recovered",
+            "Records found in the spool as the proxy started (left by an earlier run).",
+            registry=self.registry,
         )
         self.produce_latency = Histogram(
             "tapline_proxy_produce_latency_seconds",

@@ -11,10 +11,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from config import EnvReader, GiB, KiB, MiB, SettingsError
 from proxy.exchange import Network, parse_networks
+from proxy.spool import folder_of
 from topics import MAX_RECORD_BYTES, max_record_bytes
 
 __all__ = [
@@ -154,6 +156,8 @@ class ProxySettings:
     body_max_bytes: int
     params_body_max_bytes: int
     queue_max_bytes: int
+    spool_dir: Path | None
+    spool_max_bytes: int
     shutdown_timeout_s: float
     linger_ms: int
     max_batch_bytes: int
@@ -203,6 +207,9 @@ class ProxySettings:
                                                  minimum=0, maximum=MAX_BODY_BYTES),
             queue_max_bytes=reader.integer("CAPTURE_QUEUE_MAX_BYTES", 64 * MiB, minimum=1,
                                            maximum=64 * GiB),
+            spool_dir=folder_of(reader.text("CAPTURE_SPOOL_DIR", "")),
+            spool_max_bytes=reader.integer("CAPTURE_SPOOL_MAX_BYTES", 4 * GiB, minimum=MiB,
+                                           maximum=1 << 40),
             shutdown_timeout_s=reader.number("CAPTURE_SHUTDOWN_TIMEOUT_S", 5.0,
                                              maximum=MAX_WAIT_S),
             linger_ms=reader.integer("KAFKA_LINGER_MS", 25, minimum=0, maximum=60_000),

@@ -156,6 +156,8 @@ class Pipeline:
                 f"app_a=http://{LOOPBACK}:{s.app_a_port}@{s.proxy_a_port},"
                 f"app_b=http://{LOOPBACK}:{s.app_b_port}@{s.proxy_b_port}"),
             "PROXY_METRICS_PORT": str(s.proxy_metrics_port),
+            # Captures wait here while Kafka is out of reach, across restarts of the proxy.
+            "CAPTURE_SPOOL_DIR": str(s.run_dir / "spool"),
         }
 
     @property

@@ -39,18 +39,22 @@ LAKE_ENV = {"SINK_BATCH_MAX_AGE_MS": "500", "S3_TIMEOUT_S": "2"}
 
 @dataclass
 class ProxyCount:
-    """The proxy's accounting: captured == produced + dropped + queued + in flight."""
+    """The proxy's accounting: captured + recovered (found in its spool at start) ==
+    produced + dropped + queued + spooled + in flight."""
 
     captured: int
     produced: int
     dropped: dict[str, int]
     queued: int
     in_flight: int
+    spooled: int = 0
+    recovered: int = 0
 
     @property
     def settled(self) -> bool:
-        return (self.queued == self.in_flight == 0
-                and self.captured == self.produced + sum(self.dropped.values()))
+        return (self.queued == self.in_flight == self.spooled == 0
+                and self.captured + self.recovered
+                == self.produced + sum(self.dropped.values()))
 
 
 def proxy_count(metrics_url: str) -> ProxyCount:
@@ -62,6 +66,8 @@ def proxy_count(metrics_url: str) -> ProxyCount:
                  for reason in DROP_REASONS},
         queued=int(sample(samples, "tapline_proxy_queue_records")),
         in_flight=int(sample(samples, "tapline_proxy_in_flight_records")),
+        spooled=int(sample(samples, "tapline_proxy_spool_records")),
+        recovered=int(sample(samples, "tapline_proxy_spool_recovered_total")),
     )
 
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from werkzeug.serving import make_server
@@ -35,6 +36,11 @@ class Pipeline:
     topic: str
     proxy: Process
     workdir: Path
+
+    def ports(self) -> tuple[int, ...]:
+        """The proxy's ports: its listeners and its metrics (to start it again)."""
+        return tuple(urlsplit(url).port for url in (self.app_a, self.app_b, self.echo,
+                                                     self.metrics))
 
 
 @contextlib.contextmanager

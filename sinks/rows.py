@@ -40,7 +40,7 @@ def row_of(record: CaptureRecord, body_max_bytes: int) -> tuple:
         datetime.fromisoformat(record.started_at),
         record.id,
         _text(record.app),
-        canonical_ip(record.client_ip),
+        inet(record.client_ip),
         record.client_port,
         _text(request.method),
         _text(request.scheme),
@@ -106,7 +106,7 @@ def row_of_json(data: bytes, body_max_bytes: int) -> tuple:
         datetime.fromisoformat(obj["started_at"]),
         obj["id"],
         obj["app"],
-        canonical_ip(obj["client_ip"]),
+        inet(obj["client_ip"]),
         obj["client_port"],
         request["method"],
         request["scheme"],
@@ -135,6 +135,14 @@ def row_of_json(data: bytes, body_max_bytes: int) -> tuple:
         request.get("body_withheld"),
         response.get("body_withheld") if response is not None else None,
     )
+
+
+def inet(client_ip: str) -> str | None:
+    """The client IP as PostgreSQL's inet takes it: canonical, and without an IPv6 zone id
+    (`fe80::1%eth0`), which inet refuses and which names an interface of the proxy's host, not
+    the client. None for anything that is not an IP address."""
+    canonical = canonical_ip(client_ip)
+    return None if canonical is None else canonical.partition("%")[0]
 
 
 def params_jsonb(params: dict[str, list]) -> str:

@@ -290,3 +290,19 @@ def test_oversized_records_go_to_the_dead_letter_topic(kafka, database, tmp_path
         wait_until(lambda: count_rows(database) == 10, timeout=15, what="the good rows")
     finally:
         sink.stop()
+
+
+def test_an_ipv6_client_with_a_zone_id_is_stored(kafka, database, tmp_path):
+    # inet refuses `fe80::1%eth0`: such a record went to the dead-letter topic, not the table.
+    topic = f"zone-{uuid.uuid4().hex[:8]}"
+    records = [(b"fe80::1", orjson.dumps(orjson.loads(value) | {"client_ip": "fe80::1%eth0"}))
+               for _key, value in factories.encoded(3)]
+    produce(kafka.bootstrap_servers, topic, records)
+    sink = SinkProcess("timescale", tmp_path,
+                       sink_env(kafka.bootstrap_servers, topic, database)).start()
+    try:
+        wait_until(lambda: count_rows(database) == 3, timeout=15, what="the rows")
+        assert rows(database, "SELECT DISTINCT host(client_ip) FROM http_requests") == [
+            ("fe80::1",)]
+    finally:
+        sink.stop()

@@ -5,7 +5,10 @@ durably written (or dead-lettered), and the sinks make that exactly once in effe
 idempotently. Failure policy, in order:
 
 - a record that can never be written (not JSON, unknown version, invalid fields, or refused by
-  the store as data) goes to the dead-letter topic with its reason and original bytes;
+  the store as data) goes to the dead-letter topic with its reason and original bytes; a dead
+  letter larger than the dead-letter topic takes is cut to fit (headers say so, with the
+  original's size and SHA-256), and one the broker still refuses as too large goes as a
+  reference alone (no payload): a dead letter is never retried forever for its size;
 - any other write error is taken as transient (store down, connection reset): the batch is
   retried with backoff and the offsets do not move; the sink never skips data to stay alive;
 - on SIGTERM/SIGINT the pending batch gets one try to finish; if it cannot, it is abandoned
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -31,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from capture import InvalidRecord
@@ -43,6 +48,54 @@ log = logging.getLogger(__name__)
 
 WRITING_POLL_MS = 10  # how long a fetch may wait while a batch is being written
 TOPIC_WAIT_S = 0.5  # how often a sink looks for a topic that is not there yet
+REASON_MAX_BYTES = 1024  # a dead letter's reason header, cut past this
+REFERENCE_REASON_BYTES = 200  # the reason of a dead letter with no room for its payload
+
+Headers = list[tuple[str, bytes]]
+
+
+def dead_letter_headers(message: ConsumerRecord, reason: str, sink: str) -> Headers:
+    """What a dead letter says about itself: why, which sink, where the original lies."""
+    return [
+        ("reason", _cut_utf8(reason, REASON_MAX_BYTES)),
+        ("sink", sink.encode()),
+        ("source_topic", message.topic.encode()),
+        ("source_partition", str(message.partition).encode()),
+        ("source_offset", str(message.offset).encode()),
+    ]
+
+
+def fit_dead_letter(key: bytes | None, value: bytes, headers: Headers,
+                    limit: int) -> tuple[bytes, Headers]:
+    """The dead letter's value and headers, cut to fit a topic whose max.message.bytes is
+    `limit`: unchanged when it fits, else the value's first bytes with `truncated: true`,
+    `original_size` and `original_sha256` (hex) added."""
+    if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) <= limit:
+        return value, headers
+    headers = [*headers, *_original(value, b"true")]
+    # Headroom for the varints that grow with the length of the value.
+    room = limit - DefaultRecordBatchBuilder.estimate_size_in_bytes(key, b"", headers) - 16
+    if room < 0:  # not even the headers fit: a shorter reason, and no payload
+        headers = [(k, v[:REFERENCE_REASON_BYTES].decode("utf-8", "ignore").encode()
+                    if k == "reason" else v) for k, v in headers]
+    return value[:max(0, room)], headers
+
+
+def reference_dead_letter(message: ConsumerRecord, reason: str, sink: str) -> Headers:
+    """The headers of a dead letter without payload: what names the original and why."""
+    headers = dead_letter_headers(message, reason, sink)
+    headers[0] = ("reason", _cut_utf8(reason, REFERENCE_REASON_BYTES))
+    return [*headers, *_original(message.value or b"", b"reference")]
+
+
+def _original(value: bytes, truncated: bytes) -> Headers:
+    return [("truncated", truncated), ("original_size", str(len(value)).encode()),
+            ("original_sha256", hashlib.sha256(value).hexdigest().encode())]
+
+
+def _cut_utf8(text: str, max_bytes: int) -> bytes:
+    data = text.encode("utf-8", "replace")
+    return data if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", "ignore").encode()
 
 
 class PermanentWriteError(Exception):
@@ -105,6 +158,7 @@ class ConsumerLoop:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._dlq_limit = 0  # the dead-letter topic's max.message.bytes, learnt on connect
         self._summary = {"batches": 0, "written": 0, "dead_lettered": 0}
         self._last_summary = time.monotonic()
         self._writing: asyncio.Task | None = None  # the batch being written, at most one
@@ -197,15 +251,19 @@ class ConsumerLoop:
 
     async def _connect(self) -> None:
         s = self.settings
-        # The dead-letter topic takes any message the topic holds, even one over our own cap
-        # (a producer with a larger cap wrote it): dead-lettered, not retried forever.
+        # A dead-letter topic we create takes any message the topic holds, even one over our
+        # own cap (a producer with a larger cap wrote it). One that exists already may take
+        # less: its real limit is what dead letters are cut to (fit_dead_letter).
         limit = await topic_message_limit(s.kafka_bootstrap_servers, s.topic)
         dlq_cap = max(s.max_record_bytes, record_cap(limit) if limit else 0)
-        await ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, partitions=1,
-                           max_record_bytes=dlq_cap)
+        dlq_limit = await ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, partitions=1,
+                                       max_record_bytes=dlq_cap)
+        self._dlq_limit = min(dlq_limit or message_limit(dlq_cap), message_limit(dlq_cap))
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
             max_request_size=message_limit(dlq_cap) + 4096,
+            # A batch of several dead letters must fit the topic's limit as well as each one.
+            max_batch_size=min(16384, self._dlq_limit),
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
@@ -338,19 +396,50 @@ class ConsumerLoop:
         assert self._producer is not None
         futures = []
         for message, reason in dead:
-            headers = [
-                ("reason", reason.encode("utf-8", "replace")),
-                ("sink", self.sink.name.encode()),
-                ("source_topic", message.topic.encode()),
-                ("source_partition", str(message.partition).encode()),
-                ("source_offset", str(message.offset).encode()),
-            ]
-            futures.append(await self._producer.send(
-                self.settings.dlq_topic, message.value or b"", key=message.key, headers=headers))
-        await asyncio.gather(*futures)
+            value, headers = fit_dead_letter(
+                message.key, message.value or b"",
+                dead_letter_headers(message, reason, self.sink.name), self._dlq_limit)
+            futures.append(await self._send_one(message, value, headers))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        too_large = []
+        for (message, reason), result in zip(dead, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                too_large.append((message, reason))
+            elif isinstance(result, BaseException):
+                raise result
+        # The broker refused a dead letter as too large even cut (its limit shrank since we
+        # asked, or counts differently): the reference alone, rather than retry forever.
+        references = [await self._send_one(message, b"",
+                                           reference_dead_letter(message, reason, self.sink.name))
+                      for message, reason in too_large]
+        refused = set()
+        for (message, _reason), result in zip(too_large, await asyncio.gather(
+                *references, return_exceptions=True), strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                refused.add(id(message))
+                log.error("%s: %s refuses even a reference to %s[%d]@%d as too large; the "
+                          "record stays only in its own topic", self.sink.name,
+                          self.settings.dlq_topic, message.topic, message.partition,
+                          message.offset)
+            elif isinstance(result, BaseException):
+                raise result
         for message, reason in dead:
-            log.warning("%s: dead-lettered %s[%d]@%d: %s", self.sink.name, message.topic,
-                        message.partition, message.offset, reason)
+            if id(message) not in refused:
+                log.warning("%s: dead-lettered %s[%d]@%d: %s", self.sink.name, message.topic,
+                            message.partition, message.offset, reason)
+
+    async def _send_one(self, message: ConsumerRecord, value: bytes,
+                        headers: Headers) -> asyncio.Future:
+        """Send one dead letter; a failure, even one found before sending, comes as the
+        future's exception."""
+        assert self._producer is not None
+        try:
+            return await self._producer.send(self.settings.dlq_topic, value, key=message.key,
+                                             headers=headers)
+        except MessageSizeTooLargeError as e:  # over max_request_size, found before sending
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(e)
+            return future
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

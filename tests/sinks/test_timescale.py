@@ -306,3 +306,70 @@ def test_an_ipv6_client_with_a_zone_id_is_stored(kafka, database, tmp_path):
             ("fe80::1",)]
     finally:
         sink.stop()
+
+
+def _dlq_limit(bootstrap: str, topic: str, max_message_bytes: int, *, create: bool) -> None:
+    """Make the dead-letter topic with a small max.message.bytes, or shrink it."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from topics import topic_message_limit
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            configs = {"max.message.bytes": str(max_message_bytes)}
+            if create:
+                await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+            else:
+                await admin.alter_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+        finally:
+            await admin.close()
+        for _ in range(100):
+            if await topic_message_limit(bootstrap, topic) == max_message_bytes:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{topic}: max.message.bytes is not {max_message_bytes}")
+
+    asyncio.run(go())
+
+
+def test_a_dead_letter_too_big_for_the_dead_letter_topic_is_cut(kafka, database, tmp_path):
+    # An existing dead-letter topic that takes less than the record: the sink retried the
+    # dead letter forever and the partition stopped there.
+    import hashlib
+
+    topic = f"small-dlq-{uuid.uuid4().hex[:8]}"
+    _dlq_limit(kafka.bootstrap_servers, f"{topic}.dlq", 20_000, create=True)
+    good = factories.encoded(14)
+    junk = random.Random(3).randbytes(150_000)
+    produce(kafka.bootstrap_servers, topic, [*good[:5], (b"junk", junk), *good[5:10]],
+            partitions=1)
+    sink = SinkProcess("timescale", tmp_path, sink_env(
+        kafka.bootstrap_servers, topic, database, CAPTURE_MAX_RECORD_BYTES="65536",
+        SINK_BATCH_MAX_RECORDS="2")).start()  # the records after it come in later batches
+    try:
+        wait_until(lambda: count_rows(database) == 10, timeout=20, what="the rows after it")
+        [(key, value, headers)] = read_topic_with_headers(
+            kafka.bootstrap_servers, f"{topic}.dlq", expect=1, timeout=10)
+        assert key == b"junk" and "oversized" in headers["reason"]
+        assert 0 < len(value) < 20_000 and junk.startswith(value)
+        assert (headers["truncated"], headers["original_size"], headers["original_sha256"],
+                headers["source_offset"]) == (
+            "true", str(len(junk)), hashlib.sha256(junk).hexdigest(), "5")
+
+        # The topic takes less still than the sink learnt: the reference alone goes.
+        _dlq_limit(kafka.bootstrap_servers, f"{topic}.dlq", 2_000, create=False)
+        produce(kafka.bootstrap_servers, topic, [(b"junk2", junk), *good[10:]], partitions=1)
+        wait_until(lambda: count_rows(database) == 14, timeout=20, what="the rows after it")
+        dead = read_topic_with_headers(kafka.bootstrap_servers, f"{topic}.dlq", expect=2,
+                                       timeout=10)
+        [(value, headers)] = [(v, h) for k, v, h in dead if k == b"junk2"]
+        assert value == b"" and headers["truncated"] == "reference"
+        assert (headers["original_size"], headers["source_offset"]) == (str(len(junk)), "11")
+    finally:
+        sink.stop()

@@ -112,12 +112,16 @@ def _ensure_policy(
     log.info("http_requests: %s after %s %s", proc, wanted, "replaced" if jobs else "added")
 
 
+class BadInterval(ValueError):
+    """An interval PostgreSQL does not take."""
+
+
 def _check_interval(conn: Connection, value: str) -> None:
     try:
         with conn.begin_nested():  # a failed cast must not spoil the caller's transaction
             conn.execute(text("SELECT CAST(:value AS interval)"), {"value": value})
     except DBAPIError as error:
-        raise ValueError(f"not an interval: {value!r} (write e.g. '7 days')") from error
+        raise BadInterval(f"not an interval: {value!r} (write e.g. '7 days')") from error
 
 
 def _check_retention(conn: Connection, retention: str) -> None:

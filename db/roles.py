@@ -33,7 +33,7 @@ READER = "tapline_reader"
 GROUPS = {"writer": WRITER, "reader": READER}
 
 # A login's name goes into SQL as an identifier: only names that need no quoting.
-_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+LOGIN_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 # (No `%` in these: the driver would take it for a parameter's placeholder.)
 # A group role, made unless there: by a migrator that may create roles, else a clear error
@@ -115,7 +115,7 @@ def create_login(
     """
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}, not {group!r}")
-    if not _NAME.fullmatch(name):
+    if not LOGIN_NAME.fullmatch(name):
         raise ValueError(f"a login's name is lower-case letters, digits and _, not {name!r}")
     role = GROUPS[group]
     if name in (WRITER, READER):

@@ -39,11 +39,18 @@ async def run(name: str) -> None:
         metrics.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> str:
+    """The sink the command line names; otherwise the usage line on standard error and
+    SystemExit(2). Its settings come from the environment (sinks.settings), read at start."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] not in SINKS:
         print(f"usage: python -m sinks {{{','.join(SINKS)}}}", file=sys.stderr)
-        return 2
+        raise SystemExit(2)
+    return argv[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    name = parse(argv)
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # Alembic lists the plugins it sets up as it is imported: nothing a sink's log needs.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
-        asyncio.run(run(argv[0]))
+        asyncio.run(run(name))
     except SettingsError as e:
         print(f"tapline sink: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ for CI to do early.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import time
@@ -33,8 +34,56 @@ DEFAULT_WORKDIR = STACK_DIR.parent / ".run" / "stack"
 ORDER = ("kafka", "postgres", "s3")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)[:300]
+        self.exit(2, f"stack: error: {message} (see {self.prog} --help)\n")
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse's `type`)."""
+    try:
+        number = int(text) if text.strip().isascii() and len(text) <= 10 else -1
+    except ValueError:
+        number = -1
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port (1 to 65535)")
+    return number
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    """The command line, checked without starting anything; on one that cannot run, one
+    line on standard error and SystemExit(2). `run` takes no options (`what` is "run")."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        if len(argv) > 1:
+            print("stack: error: `run` takes no options: its settings come from the "
+                  "environment (stack.pipeline)", file=sys.stderr)
+            raise SystemExit(2)
+        return argparse.Namespace(what="run")
+    args = _parser().parse_args(argv)
+    problem = None
+    if not _BUCKET.fullmatch(args.bucket):
+        problem = f"--bucket {args.bucket[:70]!r}: not an S3 bucket name"
+    try:
+        str(args.workdir).encode("utf-8")
+        if not str(args.workdir).strip():
+            problem = "--workdir: empty"
+    except UnicodeEncodeError:
+        problem = "--workdir: not valid UTF-8 text"
+    if problem:
+        print(f"stack: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="python -m stack",
         description="Run Kafka, PostgreSQL and S3 (moto) on 127.0.0.1 until Ctrl-C or SIGTERM.",
     )
@@ -44,15 +93,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help="Folder for the services' data, settings and logs, one subfolder "
                              "each; data is kept between runs (default: %(default)s).")
-    parser.add_argument("--kafka-port", type=int, help="Kafka's client port (default: a free one).")
-    parser.add_argument("--postgres-port", type=int,
+    parser.add_argument("--kafka-port", type=port,
+                        help="Kafka's client port (default: a free one).")
+    parser.add_argument("--postgres-port", type=port,
                         help="PostgreSQL's port (default: a free one).")
-    parser.add_argument("--s3-port", type=int, help="The S3 endpoint's port (default: a free one).")
-    parser.add_argument("--timescale-port", type=int,
+    parser.add_argument("--s3-port", type=port,
+                        help="The S3 endpoint's port (default: a free one).")
+    parser.add_argument("--timescale-port", type=port,
                         help="TimescaleDB's (WASM) port (default: a free one).")
     parser.add_argument("--bucket", default=DEFAULT_BUCKET,
                         help="The bucket created in S3 (default: %(default)s).")
-    return parser.parse_args(argv)
+    return parser
 
 
 def build(name: str, args: argparse.Namespace) -> tuple[Service, str, str]:
@@ -116,12 +167,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if list(argv[:1]) == ["run"]:
+    args = parse(argv)
+    if args.what == "run":
         from stack.pipeline import main as run_pipeline
 
         return run_pipeline()
-    args = parse(argv)
     if args.what == "fetch":
         try:
             print(kafka_libs())

@@ -1,14 +1,22 @@
 """`tapline`: the command line. Each command parses, calls a function, and turns known errors
-into one clear line and a non-zero exit."""
+into one clear line and a non-zero exit.
+
+`parse` reads and checks the whole command line without touching a service: a command line
+that cannot run is one line on standard error and exit code 2, whatever it holds; errors met
+later (Kafka, S3, the database) are one line and exit code 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -56,24 +64,157 @@ async def tail(bootstrap: str, topic: str, *, from_beginning: bool, raw: bool,
     return 0
 
 
+class UsageError(Exception):
+    """A command line that cannot run; the message is one line that says why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str, max_chars: int = 300) -> str:
+    """`text` fit for one line of an error: control characters escaped, URL passwords hidden,
+    cut past `max_chars`."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@\s]*@")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+MAX_LOAD_REQUESTS = 1_000_000  # `tapline load` plans every request up front
+MAX_LOAD_CLIENTS = 100_000
+MAX_LOAD_CONCURRENCY = 1_000
+MAX_LOAD_RATE = 100_000.0
+
+
+def shown(text: str) -> str:
+    """A value quoted in an error: repr, cut to a readable length."""
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "…"
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed and checked (`validate`) without touching any service; on
+    a command line that cannot run, one line on standard error and SystemExit(2)."""
+    args = _parser().parse_args(argv)
+    try:
+        validate(args)
+    except UsageError as e:
+        print(f"tapline: {one_line(str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option of a parsed command line and add what the command needs from them
+    (durations, scope, settings); UsageError for the first that cannot work. Pure: reads the
+    environment, connects to nothing."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                option = name if name in ("sql", "command") else "--" + name.replace("_", "-")
+                raise UsageError(f"{option}: not valid UTF-8 text") from None
+    if args.command == "tail":
+        check_bootstrap(args.bootstrap)
+        if not _TOPIC.fullmatch(args.topic) or args.topic in (".", ".."):
+            raise UsageError(f"--topic {shown(args.topic)} is not a Kafka topic name "
+                             "(letters, digits, . _ -, at most 249)")
+        if args.limit is not None and args.limit < 1:
+            raise UsageError(f"--limit {args.limit}: use a whole number of 1 or more")
+    elif args.command == "lake":
+        _validate_lake(args)
+    elif args.command == "report":
+        from tapline.report import ReportError, parse_duration
+
+        try:
+            args.since_delta = parse_duration(args.since)
+        except ReportError as e:
+            raise UsageError(f"--since: {e}") from None
+        try:
+            args.gap_delta = parse_duration(args.session_gap)
+        except ReportError as e:
+            raise UsageError(f"--session-gap: {e}") from None
+        check_database(args.database)
+    elif args.command == "load":
+        _validate_load(args)
+
+
+def check_bootstrap(text: str) -> None:
+    """HOST:PORT[,HOST:PORT...], as Kafka's clients take it."""
+    for server in text.split(","):
+        host, colon, port = server.strip().rpartition(":")
+        if not (colon and _HOST.fullmatch(host) and port.isascii() and port.isdigit()
+                and len(port) <= 5 and 0 < int(port) < 65536):
+            raise UsageError(f"--bootstrap {shown(text)}: use HOST:PORT, or several "
+                             "separated by commas (KAFKA_BOOTSTRAP_SERVERS)")
+
+
+def check_database(conninfo: str) -> None:
+    """A PostgreSQL URL or key=value string, as libpq parses it (without connecting). The
+    error never quotes it: it may hold a password."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        ports = str(conninfo_to_dict(conninfo).get("port") or "5432").split(",")
+    except psycopg.Error:
+        ports = ["not parsed"]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 5 and 0 < int(p) < 65536
+               for p in ports):
+        raise UsageError("--database is not a PostgreSQL URL or connection string "
+                         "(postgresql://user@host:port/dbname)")
+
+
+def _validate_lake(args: argparse.Namespace) -> None:
+    from config import SettingsError
+    from tapline import lake
+
+    env = dict(os.environ)
+    if args.bucket is not None:
+        env["S3_BUCKET"] = args.bucket
+    try:
+        args.settings = lake.LakeSettings.from_env(env)
+        args.scope = lake.Scope.of(args.date, args.hour, args.ip)
+    except (SettingsError, lake.BadScope) as e:
+        raise UsageError(str(e)) from None
+
+
+def _validate_load(args: argparse.Namespace) -> None:
+    from tapline.report import ReportError, parse_duration
+
+    for option, url in (("--app-a", args.app_a), ("--app-b", args.app_b)):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{option} {shown(url)}: use http://HOST:PORT")
+    try:
+        args.duration_s = parse_duration(args.duration).total_seconds()
+    except ReportError as e:
+        raise UsageError(f"--duration: {e}") from None
+    if not (math.isfinite(args.rate) and 0 < args.rate <= MAX_LOAD_RATE):
+        raise UsageError(f"--rate {args.rate}: use a number of requests per second above 0 "
+                         f"and at most {MAX_LOAD_RATE:,.0f}")
+    if not 1 <= args.clients <= MAX_LOAD_CLIENTS:
+        raise UsageError(f"--clients {args.clients}: use 1 to {MAX_LOAD_CLIENTS:,}")
+    if not 1 <= args.concurrency <= MAX_LOAD_CONCURRENCY:
+        raise UsageError(f"--concurrency {args.concurrency}: use 1 to {MAX_LOAD_CONCURRENCY:,}")
+    args.total = max(1, int(args.rate * args.duration_s))
+    if args.total > MAX_LOAD_REQUESTS:
+        raise UsageError(f"--rate x --duration is {args.total:,} requests: at most "
+                         f"{MAX_LOAD_REQUESTS:,} a run")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tapline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    tail_cmd = commands.add_parser(
-        "tail", help="print captures as they arrive on the topic",
-        description="Print captures as they arrive on the topic, one line each.")
-    tail_cmd.add_argument("--bootstrap", default=os.environ.get(
-        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
-    tail_cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", "http-captures"),
-                          help="the capture topic (CAPTURE_TOPIC)")
-    tail_cmd.add_argument("--from-beginning", action="store_true",
-                          help="start at the oldest capture instead of the next one")
-    tail_cmd.add_argument("--json", action="store_true", help="print the records as JSON")
-    tail_cmd.add_argument("-n", "--limit", type=int, help="stop after this many captures")
-    add_lake_commands(commands)
-    add_report_command(commands)
-    add_load_command(commands)
-    args = parser.parse_args(argv)
+    args = parse(argv)
     if args.command == "load":
         return load_command(args)
     if args.command == "lake":
@@ -91,6 +232,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tapline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    tail_cmd = commands.add_parser(
+        "tail", help="print captures as they arrive on the topic",
+        description="Print captures as they arrive on the topic, one line each.")
+    tail_cmd.add_argument("--bootstrap", default=os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
+    tail_cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", "http-captures"),
+                          help="the capture topic (CAPTURE_TOPIC)")
+    tail_cmd.add_argument("--from-beginning", action="store_true",
+                          help="start at the oldest capture instead of the next one")
+    tail_cmd.add_argument("--json", action="store_true", help="print the records as JSON")
+    tail_cmd.add_argument("-n", "--limit", type=int, help="stop after this many captures")
+    add_lake_commands(commands)
+    add_report_command(commands)
+    add_load_command(commands)
+    return parser
 
 
 # --- tapline lake ----------------------------------------------------------------------------
@@ -120,18 +281,9 @@ def add_lake_commands(commands) -> None:
 
 
 def lake_command(args: argparse.Namespace) -> int:
-    from config import SettingsError
     from tapline import lake
 
-    try:
-        env = dict(os.environ)
-        if args.bucket:
-            env["S3_BUCKET"] = args.bucket
-        settings = lake.LakeSettings.from_env(env)
-        scope = lake.Scope.of(args.date, args.hour, args.ip)
-    except (SettingsError, lake.BadScope) as e:
-        print(f"tapline: {e}", file=sys.stderr)
-        return 2
+    settings, scope = args.settings, args.scope
     try:
         if args.lake_command == "query":
             result = lake.query(settings, args.sql, scope)
@@ -196,15 +348,10 @@ def add_report_command(commands) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from tapline.report import ReportError, build_report, parse_duration
+    from tapline.report import ReportError, build_report
 
     try:
-        since, gap = parse_duration(args.since), parse_duration(args.session_gap)
-    except ReportError as e:
-        print(f"tapline: {e}", file=sys.stderr)
-        return 2
-    try:
-        sections = build_report(args.database, since, args.app, gap)
+        sections = build_report(args.database, args.since_delta, args.app, args.gap_delta)
     except ReportError as e:
         print(f"tapline: {e}", file=sys.stderr)
         return 1
@@ -242,17 +389,8 @@ def load_command(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from tapline.load import run_load, summary_rows
-    from tapline.report import ReportError, parse_duration
 
-    try:
-        duration = parse_duration(args.duration).total_seconds()
-    except ReportError as e:
-        print(f"tapline: {e}", file=sys.stderr)
-        return 2
-    if args.rate <= 0 or args.clients < 1 or args.concurrency < 1:
-        print("tapline: --rate, --clients and --concurrency must be positive", file=sys.stderr)
-        return 2
-    total = max(1, int(args.rate * duration))
+    duration, total = args.duration_s, args.total
     with Progress(transient=True, disable=args.json) as progress:
         task = progress.add_task("sending", total=total)
         tally = run_load(args.app_a, args.app_b, rate=args.rate, duration_s=duration,

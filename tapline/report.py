@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_DURATION = re.compile(r"\s*([0-9]+)\s*(s|m|h|d|w)\s*", re.ASCII)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_DURATION = timedelta(days=36_500)  # far beyond any data; PostgreSQL's now() - it still works
 
 
 class ReportError(Exception):
@@ -23,10 +24,19 @@ class ReportError(Exception):
 
 def parse_duration(text: str) -> timedelta:
     """`90s`, `15m`, `1h`, `7d`, `2w` as a timedelta; ReportError otherwise."""
-    match = _DURATION.match(text or "")
-    if match is None or int(match.group(1)) == 0:
-        raise ReportError(f"bad duration {text!r}: use a number and a unit, e.g. 30m, 1h, 7d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    match = _DURATION.fullmatch(text or "")
+    shown = repr(text) if len(text or "") <= 60 else repr(text[:57]) + "…"
+    digits = match.group(1).lstrip("0") if match else ""
+    if not digits:
+        raise ReportError(f"bad duration {shown}: use a number and a unit, e.g. 30m, 1h, 7d")
+    unit = _UNITS[match.group(2)]
+    try:  # past 12 digits it is over the cap in any unit
+        delta = timedelta(**{unit: int(digits)}) if len(digits) <= 12 else None
+    except OverflowError:
+        delta = None
+    if delta is None or delta > MAX_DURATION:
+        raise ReportError(f"bad duration {shown}: at most {MAX_DURATION.days}d (100 years)")
+    return delta
 
 
 @dataclass

@@ -185,8 +185,9 @@ def test_cli_login_takes_the_password_from_the_environment_only(pg_url, monkeypa
     db.migrate(pg_url)
     name = f"grafana_{uuid.uuid4().hex[:8]}"
     monkeypatch.delenv("READER_PASSWORD", raising=False)
-    assert main(["login", name, "--group", "reader", "--password-env", "READER_PASSWORD",
-                 "--url", pg_url]) == 1
+    with pytest.raises(SystemExit, match="2"):
+        main(["login", name, "--group", "reader", "--password-env", "READER_PASSWORD",
+              "--url", pg_url])
     assert capsys.readouterr().err.splitlines()[-1] == (
         "db: error: --password-env READER_PASSWORD: $READER_PASSWORD is not set or empty")
     monkeypatch.setenv("READER_PASSWORD", "r3ader")

@@ -113,9 +113,10 @@ def test_cli_says_what_is_wrong_in_one_line(pg_url, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         "db: error: the database has no http_requests table: run `python -m db upgrade` first")
 
-    assert main(["upgrade", "--url", "mysql://root@127.0.0.1/tapline"]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        "db: error: not a postgresql:// URL: mysql://root@127.0.0.1/tapline")
+    with pytest.raises(SystemExit, match="2"):  # the command line: checked before connecting
+        main(["upgrade", "--url", "mysql://root:secret@127.0.0.1/tapline"])
+    assert capsys.readouterr().err == (
+        "db: error: --url mysql://root:***@127.0.0.1/tapline: not a postgresql:// URL\n")
 
     port = free_port()
     assert main(["upgrade", "--url", f"postgresql://postgres:secret@127.0.0.1:{port}/x"]) == 1

@@ -208,7 +208,7 @@ def test_report_cli_tables_json_and_mistakes(analysed):
     assert orjson.loads(machine.stdout)["Top clients"][0]["requests"] == 18
     bad = report_of(analysed, "--since", "an hour")
     assert (bad.returncode, bad.stderr.strip()) == (
-        2, "tapline: bad duration 'an hour': use a number and a unit, e.g. 30m, 1h, 7d")
+        2, "tapline: --since: bad duration 'an hour': use a number and a unit, e.g. 30m, 1h, 7d")
     empty = report_of(analysed, "--app", "nosuch")
     assert (empty.returncode, empty.stderr.strip()) == (
         1, "tapline: no requests in the last 1h for app nosuch")

@@ -21,11 +21,13 @@ proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +257,7 @@ class Pipeline:
             "TAPLINE_APP_A": f"http://{LOOPBACK}:{s.proxy_a_port}",
             "TAPLINE_APP_B": f"http://{LOOPBACK}:{s.proxy_b_port}",
         }
-        path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
+        write_private(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
     def guide(self) -> str:
         s = self.settings
@@ -275,6 +277,21 @@ Look at the results (after `source {s.run_dir}/env`):
 Logs: {self.logs}/   Settings: {s.run_dir}/env   app_b, through the proxy: {b}
 Ctrl-C stops everything.
 """
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only (0600) from the first byte: a
+    new file made 0600 beside it, then renamed over it. An older file (0644 before) is
+    replaced whole, so no moment exists in which others may read the keys."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def moto_user(endpoint_url: str, name: str, statement: dict) -> tuple[str, str]:

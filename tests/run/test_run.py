@@ -8,6 +8,7 @@ import asyncio
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -89,6 +90,7 @@ def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
                    what="make run to be ready")
         assert run.poll() is None, (tmp_path / "run.log").read_text()
         settings = read_env(tmp_path / "run" / "env")
+        assert stat.S_IMODE((tmp_path / "run" / "env").stat().st_mode) == 0o600
         for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "PGHOST", "PGPORT", "PGUSER",
                      "PGDATABASE", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
             assert settings[name], name

@@ -223,7 +223,8 @@ class Kafka(ProcessService):
             *self._java_command("-Xmx256m", "-XX:TieredStopAtLevel=1"), "kafka.tools.StorageTool",
             "format", "--ignore-formatted", "-t", new_cluster_id(), "-c", str(self.config_path),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env=self._env())
         if done.returncode != 0:
             raise StartupFailed(f"Kafka's storage format failed ({done.returncode}):\n"
                                 f"{done.stdout}{done.stderr}".rstrip())

@@ -13,9 +13,10 @@ superuser (the schema's owner), before any sink starts; the TimescaleDB sink the
 http_requests, and does not migrate (TIMESCALE_MIGRATE=false). The cluster trusts loopback
 connections (initdb's default), so that login needs no password. moto checks no keys until it
 is told to: the run makes two IAM users first, the lake sink's (s3:PutObject on the bucket's
-objects, nothing else) and yours (s3:*, in `.run/env`), then has moto enforce IAM. Each
-program gets only the settings it uses: no database or S3 credentials for the apps or the
-proxy.
+objects, nothing else) and yours (s3:*, in `.run/env`, which is 0600), then has moto
+enforce IAM. Each process gets an environment built for it (Program, base_env), never the
+shell's: the apps and the proxy hold no database or S3 credentials, whatever the shell that
+ran `make run` holds.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from config import EnvReader
 from stack.kafka import STACK_DIR, Kafka
 from stack.postgres import Postgres
 from stack.s3 import S3Server
-from stack.service import LOOPBACK, ProcessService, port_open
+from stack.service import LOOPBACK, ProcessService, base_env, port_open
 
 REPO = STACK_DIR.parent
 LAKE_GROUP = "tapline-lake"
@@ -88,26 +89,57 @@ class RunSettings:
 
 
 class Program(ProcessService):
-    """One of the project's own processes: an app, the proxy or a sink."""
+    """One of the project's own processes: an app, the proxy or a sink.
+
+    Its environment is built, not inherited: `base_env()` (PATH, HOME, the locale...), the
+    checkout's code on PYTHONPATH, the shell's variables named by `settings` (prefixes of the
+    program's own tuning, e.g. PROXY_ and CAPTURE_ for the proxy), then `env`. Nothing else of
+    the shell that ran `make run` reaches it: not its AWS or S3 keys, not its DATABASE_URL.
+    """
 
     stop_timeout_s = 20.0
 
     def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str],
-                 logs: Path, ready_port: int) -> None:
+                 logs: Path, ready_port: int, settings: Sequence[str] = ()) -> None:
         super().__init__(logs, f"{name}.log")
         self.name = name
         self.command = list(command)
         self.env = dict(env)
         self.ready_port = ready_port
+        self.settings = tuple(settings)
 
     def _command(self) -> Sequence[str]:
         return self.command
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, **self.env}
+        return program_env(self.env, self.settings)
 
     def _is_ready(self) -> bool:
         return port_open(LOOPBACK, self.ready_port)
+
+
+def program_env(env: Mapping[str, str], settings: Sequence[str],
+                parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A program's whole environment (see Program): the base, PYTHONPATH, the variables of
+    `parent` (default: ours) that start with one of `settings`, then `env`."""
+    parent = os.environ if parent is None else parent
+    # The children run in the logs folder: this checkout's packages, whatever an editable
+    # install elsewhere points at.
+    chosen = {**base_env(parent), "PYTHONPATH": str(REPO)}
+    if settings:
+        prefixes = tuple(settings)
+        chosen.update((k, v) for k, v in parent.items() if k.startswith(prefixes))
+    return {**chosen, **env}
+
+
+# Which of the shell's variables each kind of program takes: its own settings' names (README's
+# tables). Never DATABASE_URL, S3_* keys or AWS_*: the run sets what a sink needs itself.
+_CAPTURE_SETTINGS = ("CAPTURE_", "KAFKA_")
+_SINK_SETTINGS = (*_CAPTURE_SETTINGS, "SINK_", "DLQ_TOPIC", "LOG_LEVEL")
+PROXY_SETTINGS = (*_CAPTURE_SETTINGS, "PROXY_", "MALLOC_MMAP_THRESHOLD_")
+TIMESCALE_SETTINGS = (*_SINK_SETTINGS, "TIMESCALE_")
+LAKE_SETTINGS = (*_SINK_SETTINGS, "LAKE_", "S3_TIMEOUT_S")
+APP_SETTINGS = ("APP_",)
 
 
 class Pipeline:
@@ -119,6 +151,8 @@ class Pipeline:
         self.kafka = Kafka(s.run_dir / "kafka", s.kafka_port)
         self.postgres = Postgres(s.run_dir / "postgres", s.postgres_port)
         self.s3 = S3Server(s.run_dir / "s3", s.s3_port, bucket=s.bucket)
+        for store in (self.kafka, self.postgres, self.s3):
+            store.environment = base_env()  # none of the shell's keys, as for the programs
         self.started: list[ProcessService | Kafka | Postgres | S3Server] = []
         # Until prepare_lake() makes IAM users: the keys moto takes while it checks none.
         self.lake_keys = self.admin_keys = (S3_KEY_ID, S3_SECRET)
@@ -176,20 +210,20 @@ class Pipeline:
                     {**self.capture_env, "DATABASE_URL": self.writer_url,
                      "TIMESCALE_MIGRATE": "false",
                      "SINK_METRICS_PORT": str(s.timescale_metrics_port)},
-                    self.logs, s.timescale_metrics_port),
+                    self.logs, s.timescale_metrics_port, TIMESCALE_SETTINGS),
             Program("sink-lake", [python, "-m", "sinks", "lake"],
                     {**self.capture_env, **self.lake_env,
                      "SINK_METRICS_PORT": str(s.lake_metrics_port), "SINK_GROUP_ID": LAKE_GROUP},
-                    self.logs, s.lake_metrics_port),
+                    self.logs, s.lake_metrics_port, LAKE_SETTINGS),
             Program("app_b", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_b_port}", "apps.app_b:app"],
                     {"APP_B_DB": str(s.run_dir / "app_b.sqlite3")},
-                    self.logs, s.app_b_port),
+                    self.logs, s.app_b_port, APP_SETTINGS),
             Program("app_a", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_a_port}", "apps.app_a:app"],
                     # app_a asks app_b through the proxy, so those calls are captured too
                     {"APP_B_URL": f"http://{LOOPBACK}:{s.proxy_b_port}"},
-                    self.logs, s.app_a_port),
+                    self.logs, s.app_a_port, APP_SETTINGS),
             Program("proxy", [python, "-m", "proxy"], {**self.capture_env, **self.proxy_env},
-                    self.logs, s.proxy_a_port),
+                    self.logs, s.proxy_a_port, PROXY_SETTINGS),
         ]
 
     def start(self, say=print) -> None:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 from urllib.parse import quote
@@ -111,6 +112,8 @@ class Postgres:
         self.password = password
         self._as_root = os.geteuid() == 0
         self._log_offset = 0
+        # The whole environment of PostgreSQL's programs when set; None inherits ours.
+        self.environment: Mapping[str, str] | None = None
 
     @property
     def dsn(self) -> str:
@@ -271,14 +274,18 @@ class Postgres:
             command = ["runuser", "-u", self.os_user, "--", *command]
         # cwd: initdb and pg_ctl complain when they cannot enter root's home.
         cwd = self.root if self.root.exists() else None
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        env = None if self.environment is None else dict(self.environment)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env=env)
 
     def _psql(self, sql: str, dbname: str) -> subprocess.CompletedProcess[str]:
         command = [
             str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
             "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", dbname, "-c", sql,
         ]
-        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        env = None if self.environment is None else dict(self.environment)
+        if self.password:
+            env = {**(os.environ if env is None else env), "PGPASSWORD": self.password}
         return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
     def _os_user_reaches(self, folder: Path) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import os
 import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, Self
 
@@ -18,6 +19,19 @@ from stack.errors import StartupFailed
 
 LOOPBACK = "127.0.0.1"
 _POLL_S = 0.1
+
+# What any program needs from the shell that starts it: where programs are, whose home, the
+# language and time zone of its messages, where temporary files go. No credentials.
+BASE_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def base_env(parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of `parent` (default: ours) that every program may have: BASE_VARIABLES
+    and the locale's LC_*. A launcher adds what the program itself needs, and nothing else of
+    the shell's (its S3 keys, its DATABASE_URL) reaches the child."""
+    parent = os.environ if parent is None else parent
+    return {name: value for name, value in parent.items()
+            if name in BASE_VARIABLES or name.startswith("LC_")}
 
 
 class Stoppable(Protocol):
@@ -142,6 +156,9 @@ class ProcessService:
     def __init__(self, workdir: Path, log_name: str) -> None:
         self.workdir = Path(workdir).resolve()
         self.log_path = self.workdir / log_name
+        # The child's whole environment when set (a launcher that gives only what it needs);
+        # None inherits ours.
+        self.environment: Mapping[str, str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready = False
         self._log_offset = 0
@@ -162,7 +179,7 @@ class ProcessService:
 
     def _env(self) -> dict[str, str] | None:
         """The child's environment; None inherits ours."""
-        return None
+        return None if self.environment is None else dict(self.environment)
 
     def _after_stop(self, clean: bool) -> None:
         """Runs once the process is gone; `clean` says it had been ready and ended on SIGTERM."""

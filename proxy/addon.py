@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 
 from mitmproxy import ctx, exceptions, http
 
+from capture.logs import keep_secrets_out_of_logs
 from capture.record import shrink
 from capture.redact.redactor import Policy, Redactor
 from config.endpoint import StartError
@@ -57,6 +57,8 @@ class CaptureAddon:
                 raise exceptions.OptionsError(str(e)) from None
         self.apps = {route.port: route.app for route in self.settings.routes}
         self.redactor = make_redactor(self.settings)
+        # Before the listeners open: mitmproxy's lines about a client quote its bytes.
+        keep_secrets_out_of_logs(self.redactor)
         self.metrics = ProxyMetrics()
         self.producer = CaptureProducer(self.settings, self.metrics)
 
@@ -72,7 +74,7 @@ class CaptureAddon:
             log.error("%s", e)
             return
         quiet_kafka_client_logs()
-        keep_secrets_out_of_logs(self.redactor)
+        keep_secrets_out_of_logs(self.redactor)  # and on any handler added since
         try:
             self.producer.start()
         except SpoolUnusable as e:
@@ -140,37 +142,6 @@ class CaptureAddon:
         # A record over the topic's cap loses body bytes until it fits (the sizes and
         # truncated flags still tell the truth); one that cannot fit is dropped.
         return record.client_ip.encode(), shrink(record, self.producer.max_record_bytes)
-
-
-# A query string in a log line: after a path or a host, to the next space or quote.
-_QUERY = re.compile(r"(?<=[\w/])\?[^\s'\"]+")
-
-
-class SecretsOutOfLogs(logging.Filter):
-    """Every log line the proxy writes goes through this: query strings go, and whatever the
-    redactor finds in what is left. mitmproxy's own lines can quote a client's request (a bad
-    request line, a URL in an error), and logs are not where secrets may go either."""
-
-    def __init__(self, redactor: Redactor | None) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = _QUERY.sub("?[query withheld]", message)
-        if self.redactor is not None:
-            scrubbed = self.redactor.scrub(scrubbed)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, ()
-        return True
-
-
-def keep_secrets_out_of_logs(redactor: Redactor | None) -> None:
-    """Put `SecretsOutOfLogs` on every handler of the root logger (mitmdump's terminal log
-    among them), once."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, SecretsOutOfLogs) for f in handler.filters):
-            handler.addFilter(SecretsOutOfLogs(redactor))
 
 
 def make_redactor(settings: ProxySettings) -> Redactor | None:

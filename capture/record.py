@@ -308,11 +308,19 @@ def validate(record: CaptureRecord) -> None:
             raise InvalidRecord(f"{name}.body_encoding {message.body_encoding!r} is unknown")
         if message.body_size < 0:
             raise InvalidRecord(f"{name}.body_size is negative")
-        for pair in message.headers:
+        for index, pair in enumerate(message.headers):
             if not (isinstance(pair, list) and len(pair) == 2 and all(
                 isinstance(part, str) for part in pair
             )):
-                raise InvalidRecord(f"{name}.headers holds {pair!r}, not a [name, value] pair")
+                # What it is, never what it holds: the reason is logged and may hold a secret.
+                raise InvalidRecord(f"{name}.headers[{index}] is not a [name, value] pair of "
+                                    f"strings ({_shape(pair)})")
+
+
+def _shape(value: Any) -> str:
+    """A value's type and size, none of its content: `a list of 3`, `a str`."""
+    kind = type(value).__name__
+    return f"a {kind} of {len(value)}" if isinstance(value, list | dict) else f"a {kind}"
 
 
 _REQUEST_FIELDS: dict[str, Any] = {

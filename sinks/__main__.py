@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from capture.logs import keep_secrets_out_of_logs
 from config import SettingsError
 from config.endpoint import StartError
 from sinks.loop import ConsumerLoop, Sink
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Reasons and errors can quote a record (a query string, bytes): the log gets neither.
+    keep_secrets_out_of_logs()
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # Alembic lists the plugins it sets up as it is imported: nothing a sink's log needs.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

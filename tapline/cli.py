@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -143,6 +144,12 @@ def validate(args: argparse.Namespace) -> None:
         check_database(args.database)
     elif args.command == "load":
         _validate_load(args)
+    elif args.command == "export":
+        _validate_selection(args)
+        if not args.har:
+            raise UsageError("export: say which format: --har (HAR 1.2, the only one so far)")
+        if args.output != "-" and not args.output.strip():
+            raise UsageError("--output: give a file name, or - for standard output")
 
 
 def check_bootstrap(text: str) -> None:
@@ -185,6 +192,19 @@ def _validate_lake(args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
 
 
+def _validate_selection(args: argparse.Namespace) -> None:
+    """The selectors of `export`: which captures of the lake."""
+    from tapline.captures import Selection
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: use a whole number of 1 or more")
+    if args.where is not None and not args.where.strip():
+        raise UsageError("--where: give a condition on the view captures, e.g. "
+                         "\"response.status_code >= 500\"")
+    _validate_lake(args)
+    args.selection = Selection(args.scope, args.where, args.limit)
+
+
 def _validate_load(args: argparse.Namespace) -> None:
     from tapline.report import ReportError, parse_duration
 
@@ -221,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lake_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "export":
+        return export_command(args)
     # Kafka errors are reported in one line below; the client's own log would repeat them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
@@ -251,6 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     add_lake_commands(commands)
     add_report_command(commands)
     add_load_command(commands)
+    add_export_command(commands)
     return parser
 
 
@@ -406,6 +429,74 @@ def load_command(args: argparse.Namespace) -> int:
         print(f"sent {tally.sent} requests from {len(tally.by_client)} clients")
         print(text_table(["status", "sent"], summary_rows(tally)))
     return 0 if tally.failures == 0 else 1
+
+
+# --- tapline export -------------------------------------------------------------------------
+
+
+def add_selectors(cmd) -> None:
+    """Which captures: the lake's date, hour, IP and a DuckDB condition, and how many."""
+    cmd.add_argument("--date", help="only this day (YYYY-MM-DD, UTC)")
+    cmd.add_argument("--hour", help="only this hour of the day (0-23, UTC)")
+    cmd.add_argument("--ip", help="only this client IP (or `unknown`)")
+    cmd.add_argument("--where", help="only captures for which this DuckDB condition on the "
+                                     "view `captures` holds, e.g. \"request.method = 'POST'\"")
+    cmd.add_argument("--bucket", help="the lake's bucket (default: S3_BUCKET, else captures)")
+    cmd.add_argument("--limit", type=int, help="at most this many captures")
+
+
+def add_export_command(commands) -> None:
+    export = commands.add_parser(
+        "export", help="captures as a HAR 1.2 file, for devtools, Postman, Insomnia",
+        description="Write the selected captures as HAR 1.2 (one entry per exchange, bodies "
+                    "included as captured, redacted values as stored), streamed: a day of "
+                    "traffic needs no more memory than a few lake objects. Where the lake is "
+                    "comes from S3_ENDPOINT_URL, S3_BUCKET and the S3 keys, as for `lake`.")
+    export.add_argument("--har", action="store_true", help="HAR 1.2 (the format)")
+    export.add_argument("-o", "--output", default="-",
+                        help="the file to write (default -, standard output); written whole "
+                             "or not at all")
+    add_selectors(export)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from tapline.captures import NoCaptures, lake_records
+    from tapline.har import write_har
+    from tapline.lake import LakeError
+
+    records = lake_records(args.settings, args.selection)
+    partial = None
+    try:
+        if args.output == "-":
+            written, skipped = write_har(records, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            partial = f"{args.output}.partial-{os.getpid()}"
+            with open(partial, "wb") as out:
+                written, skipped = write_har(records, out)
+            if not written:
+                raise NoCaptures("no captures match the selection")
+            os.replace(partial, args.output)
+            partial = None
+    except LakeError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"tapline: --output {shown(args.output)}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+    if skipped:
+        print(f"tapline: {skipped} lake lines are not capture records and were left out",
+              file=sys.stderr)
+    if not written:
+        print("tapline: no captures match the selection", file=sys.stderr)
+        return 1
+    if args.output != "-":
+        print(f"wrote {written} entries to {args.output}", file=sys.stderr)
+    return 0
 
 
 def entry() -> int:

@@ -1,24 +1,32 @@
-"""A selection of captures, read one record at a time: what `tapline export` works on.
+"""A selection of captures, read one record at a time: what `tapline replay` and `tapline
+export` work on.
 
 From the lake: the objects of a `Scope` (date, hour, IP), listed under its prefix and read
 whole, one object at a time (a few fetched ahead), each record kept as the bytes the lake
 holds. A `where` clause is DuckDB SQL on the view `captures` (tapline/lake.py): it is run once
 for the ids it selects, and the objects are then read for those records. Nothing holds more
 than a few objects and the set of selected ids, so a day of traffic streams.
+
+From Kafka (replay's `--from`/`--to`): the capture topic between two times or offsets, each
+partition read from where the start lies up to where the end lies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import orjson
 
 from tapline import lake
 from tapline.lake import LakeError, LakeSettings, Scope
+
+REPLAY_HEADER = "x-tapline-replay"  # lower case; the header replays carry by default
 
 
 class NoCaptures(LakeError):
@@ -107,3 +115,95 @@ def _record_id(line: bytes) -> str | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return found if isinstance(found, str) else None
+
+
+# --- Kafka -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Where a Kafka read starts or stops: a time (UTC) or an offset (in every partition)."""
+
+    time: datetime | None = None
+    offset: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Bound:
+        """`2026-11-28T10:00:00Z`, `2026-11-28 10:00`, `2026-11-28` (UTC unless a zone is
+        given) or a whole number of 0 or more (an offset); ValueError with the reason."""
+        text = text.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            return cls(offset=int(text))
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{option} {text[:40]!r}: use a time (2026-11-28T10:00:00Z) or "
+                             "an offset (a whole number)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        try:
+            when.timestamp()
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{option} {text[:40]!r}: out of range") from None
+        return cls(time=when)
+
+
+def kafka_records(bootstrap: str, topic: str, start: Bound | None, end: Bound | None,
+                  limit: int | None = None, idle_s: float = 2.0) -> Iterator[bytes]:
+    """The topic's records from `start` to `end` (end excluded), partition after partition
+    interleaved as they come; KafkaError when Kafka cannot be read. Read up front (a replay
+    plans its schedule before it sends anything)."""
+    return iter(asyncio.run(_read_kafka(bootstrap, topic, start, end, limit, idle_s)))
+
+
+async def _read_kafka(bootstrap: str, topic: str, start: Bound | None, end: Bound | None,
+                      limit: int | None, idle_s: float) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from topics import partitions
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
+    await consumer.start()
+    try:
+        found = await partitions(bootstrap, topic)
+        if not found:
+            raise NoCaptures(f"Kafka at {bootstrap} has no topic {topic!r}")
+        tps = [TopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(tps)
+        first = await consumer.beginning_offsets(tps)
+        last = await consumer.end_offsets(tps)
+
+        async def offsets(bound: Bound | None, default: dict) -> dict:
+            if bound is None:
+                return dict(default)
+            if bound.offset is not None:
+                return {tp: min(max(bound.offset, first[tp]), last[tp]) for tp in tps}
+            assert bound.time is not None
+            found = await consumer.offsets_for_times(
+                {tp: int(bound.time.timestamp() * 1000) for tp in tps})
+            return {tp: last[tp] if found[tp] is None else found[tp].offset for tp in tps}
+
+        begin = await offsets(start, first)
+        stop = await offsets(end, last)
+        wanted = {tp for tp in tps if begin[tp] < stop[tp]}
+        for tp in tps:
+            consumer.seek(tp, begin[tp])
+        out: list[bytes] = []
+        while wanted:
+            batches = await consumer.getmany(*wanted, timeout_ms=int(idle_s * 1000))
+            if not batches:
+                break  # nothing more arrives: the end lies past what the topic holds
+            for tp, messages in batches.items():
+                for message in messages:
+                    if message.offset >= stop[tp]:
+                        wanted.discard(tp)
+                        break
+                    out.append(message.value)
+                    if limit is not None and len(out) >= limit:
+                        return out
+                if tp in wanted and await consumer.position(tp) >= stop[tp]:
+                    wanted.discard(tp)
+        return out
+    finally:
+        await consumer.stop()

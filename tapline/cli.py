@@ -150,6 +150,11 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError("export: say which format: --har (HAR 1.2, the only one so far)")
         if args.output != "-" and not args.output.strip():
             raise UsageError("--output: give a file name, or - for standard output")
+    elif args.command == "replay":
+        from tapline.replay import validate_replay
+
+        _validate_selection(args)
+        validate_replay(args)
 
 
 def check_bootstrap(text: str) -> None:
@@ -193,14 +198,29 @@ def _validate_lake(args: argparse.Namespace) -> None:
 
 
 def _validate_selection(args: argparse.Namespace) -> None:
-    """The selectors of `export`: which captures of the lake."""
-    from tapline.captures import Selection
+    """The selectors `replay` and `export` share: where the captures come from and which."""
+    from tapline.captures import Bound, Selection
 
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: use a whole number of 1 or more")
     if args.where is not None and not args.where.strip():
         raise UsageError("--where: give a condition on the view captures, e.g. "
                          "\"response.status_code >= 500\"")
+    kafka = getattr(args, "from_", None) is not None or getattr(args, "to", None) is not None
+    if kafka:
+        if args.date or args.hour or args.ip or args.where:
+            raise UsageError("--from/--to read the Kafka topic; --date, --hour, --ip and "
+                             "--where select in the lake: use one or the other")
+        check_bootstrap(args.bootstrap)
+        if not _TOPIC.fullmatch(args.topic) or args.topic in (".", ".."):
+            raise UsageError(f"--topic {shown(args.topic)} is not a Kafka topic name "
+                             "(letters, digits, . _ -, at most 249)")
+        try:
+            args.start = None if args.from_ is None else Bound.parse(args.from_, "--from")
+            args.end = None if args.to is None else Bound.parse(args.to, "--to")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    args.source = "kafka" if kafka else "lake"
     _validate_lake(args)
     args.selection = Selection(args.scope, args.where, args.limit)
 
@@ -243,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_command(args)
     if args.command == "export":
         return export_command(args)
+    if args.command == "replay":
+        from tapline.replay import replay_command
+
+        return replay_command(args)
     # Kafka errors are reported in one line below; the client's own log would repeat them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
@@ -273,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     add_lake_commands(commands)
     add_report_command(commands)
     add_load_command(commands)
+    add_replay_command(commands)
     add_export_command(commands)
     return parser
 
@@ -431,11 +456,12 @@ def load_command(args: argparse.Namespace) -> int:
     return 0 if tally.failures == 0 else 1
 
 
-# --- tapline export -------------------------------------------------------------------------
+# --- tapline replay and tapline export -------------------------------------------------------
 
 
-def add_selectors(cmd) -> None:
-    """Which captures: the lake's date, hour, IP and a DuckDB condition, and how many."""
+def add_selectors(cmd, *, kafka: bool) -> None:
+    """Which captures: the lake's date, hour, IP and a DuckDB condition (or, for replay, the
+    Kafka topic between two times or offsets), and how many."""
     cmd.add_argument("--date", help="only this day (YYYY-MM-DD, UTC)")
     cmd.add_argument("--hour", help="only this hour of the day (0-23, UTC)")
     cmd.add_argument("--ip", help="only this client IP (or `unknown`)")
@@ -443,6 +469,30 @@ def add_selectors(cmd) -> None:
                                      "view `captures` holds, e.g. \"request.method = 'POST'\"")
     cmd.add_argument("--bucket", help="the lake's bucket (default: S3_BUCKET, else captures)")
     cmd.add_argument("--limit", type=int, help="at most this many captures")
+    if kafka:
+        cmd.add_argument("--from", dest="from_", metavar="FROM",
+                         help="read the Kafka topic instead of the lake, from this time "
+                              "(2026-11-28T10:00:00Z, UTC) or offset (in every partition)")
+        cmd.add_argument("--to", help="read the Kafka topic up to this time or offset "
+                                      "(excluded); default: its end")
+        cmd.add_argument("--bootstrap", default=os.environ.get(
+            "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
+        cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", "http-captures"),
+                         help="the capture topic (CAPTURE_TOPIC)")
+
+
+def add_replay_command(commands) -> None:
+    from tapline.replay import add_options
+
+    replay = commands.add_parser(
+        "replay", help="send captured requests again, to a service, and compare the answers",
+        description="Send the selected captures' requests again, to a base URL per app "
+                    "(--target), with the original timing (or --speed, --rate), and compare "
+                    "each answer with the original: statuses, the pairs that changed per "
+                    "endpoint, latency. Exit 0, or 3 with --fail-on-diff when a status "
+                    "changed; 1 when the replay cannot run, 2 for a bad command line.")
+    add_selectors(replay, kafka=True)
+    add_options(replay)
 
 
 def add_export_command(commands) -> None:
@@ -456,7 +506,7 @@ def add_export_command(commands) -> None:
     export.add_argument("-o", "--output", default="-",
                         help="the file to write (default -, standard output); written whole "
                              "or not at all")
-    add_selectors(export)
+    add_selectors(export, kafka=False)
 
 
 def export_command(args: argparse.Namespace) -> int:

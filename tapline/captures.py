@@ -7,6 +7,9 @@ holds. A `where` clause is DuckDB SQL on the view `captures` (tapline/lake.py): 
 for the ids it selects, and the objects are then read for those records. Nothing holds more
 than a few objects and the set of selected ids, so a day of traffic streams.
 
+From TimescaleDB (export's `--database`): the rows of http_requests in the scope's time range,
+through a server-side cursor; `where` is then SQL on the table's columns.
+
 From Kafka (replay's `--from`/`--to`): the capture topic between two times or offsets, each
 partition read from where the start lies up to where the end lies.
 """
@@ -19,7 +22,7 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -207,3 +210,106 @@ async def _read_kafka(bootstrap: str, topic: str, start: Bound | None, end: Boun
         return out
     finally:
         await consumer.stop()
+
+
+# --- TimescaleDB -------------------------------------------------------------------------------
+
+_DB_COLUMNS = ("capture_id::text, app, time, ended_at, duration_ms, host(client_ip), "
+               "client_port, method, scheme, host, path, query, http_version, status_code, "
+               "reason, request_size, response_size, error, request_headers, response_headers, "
+               "request_body, request_body_encoding, request_body_truncated, response_body, "
+               "response_body_encoding, response_body_truncated, request_body_withheld, "
+               "response_body_withheld")
+
+
+def db_query(selection: Selection) -> tuple[str, list]:
+    """The SELECT of `selection` over http_requests: the scope as a time range and a client,
+    `where` as SQL on the table's columns, in time order."""
+    conditions, parameters = [], []
+    scope = selection.scope
+    if scope.date is not None:
+        start = datetime.fromisoformat(scope.date).replace(tzinfo=UTC)
+        span = timedelta(days=1)
+        if scope.hour is not None:
+            start, span = start + timedelta(hours=scope.hour), timedelta(hours=1)
+        conditions.append("time >= %s AND time < %s")
+        parameters += [start, start + span]
+    elif scope.hour is not None:
+        conditions.append("extract(hour FROM time AT TIME ZONE 'UTC') = %s")
+        parameters.append(scope.hour)
+    if scope.ip is not None:
+        if scope.ip == "unknown":
+            conditions.append("client_ip IS NULL")
+        else:
+            conditions.append("client_ip = %s::inet")
+            parameters.append(scope.ip)
+    if selection.where is not None:
+        conditions.append(f"({selection.where})")
+    sql = f"SELECT {_DB_COLUMNS} FROM http_requests"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    sql += " ORDER BY time"
+    if selection.limit is not None:
+        sql += f" LIMIT {int(selection.limit)}"
+    return sql, parameters
+
+
+def _utc(when: datetime | None) -> str:
+    if when is None:
+        return ""
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def record_of_row(row: tuple) -> dict:
+    """An http_requests row as a capture record in JSON form, as far as the table keeps it
+    (bodies cut at TIMESCALE_BODY_MAX_BYTES say so by their truncated flag)."""
+    (capture_id, app, time, ended_at, duration_ms, client_ip, client_port, method, scheme,
+     host, path, query, http_version, status_code, reason, request_size, response_size,
+     error, request_headers, response_headers, request_body, request_body_encoding,
+     request_body_truncated, response_body, response_body_encoding, response_body_truncated,
+     request_body_withheld, response_body_withheld) = row
+    record = {
+        "v": 2, "id": capture_id, "app": app, "started_at": _utc(time),
+        "ended_at": _utc(ended_at) or _utc(time), "duration_ms": duration_ms or 0.0,
+        "client_ip": client_ip or "unknown", "client_port": client_port or 0,
+        "request": {
+            "method": method, "scheme": scheme or "http", "host": host or "", "port": 0,
+            "path": path, "query": query or "", "params": {}, "http_version": http_version or "",
+            "headers": request_headers or [], "body": request_body or "",
+            "body_encoding": request_body_encoding or "utf-8", "body_size": request_size or 0,
+            "body_truncated": bool(request_body_truncated),
+            "body_withheld": request_body_withheld},
+        "response": None, "error": error,
+    }
+    if status_code is not None:
+        record["response"] = {
+            "status_code": status_code, "reason": reason or "", "http_version": http_version or "",
+            "headers": response_headers or [], "body": response_body or "",
+            "body_encoding": response_body_encoding or "utf-8", "body_size": response_size or 0,
+            "body_truncated": bool(response_body_truncated),
+            "body_withheld": response_body_withheld}
+    return record
+
+
+def db_records(database: str, selection: Selection, batch: int = 2_000) -> Iterator[dict]:
+    """The selection's rows of http_requests as records, read through a server-side cursor
+    (`batch` rows at a time); LakeError subclasses for a database that cannot be read or a
+    bad condition. Never quotes the URL: it may hold a password."""
+    import psycopg
+
+    sql, parameters = db_query(selection)
+    try:
+        with psycopg.connect(database, connect_timeout=10) as conn, \
+                conn.cursor(name="tapline_export") as cursor:
+            cursor.itersize = batch
+            cursor.execute(sql, parameters)
+            for row in cursor:
+                yield record_of_row(row)
+    except (psycopg.errors.SyntaxError, psycopg.errors.UndefinedColumn,
+            psycopg.errors.UndefinedFunction, psycopg.errors.DatatypeMismatch,
+            psycopg.errors.InvalidTextRepresentation) as e:
+        raise lake.BadQuery(f"--where: {str(e).strip().splitlines()[0]}") from None
+    except psycopg.Error as e:
+        text = str(e).strip()
+        raise lake.LakeUnreachable(
+            f"the database: {text.splitlines()[0] if text else type(e).__name__}") from None

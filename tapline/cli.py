@@ -150,6 +150,8 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError("export: say which format: --har (HAR 1.2, the only one so far)")
         if args.output != "-" and not args.output.strip():
             raise UsageError("--output: give a file name, or - for standard output")
+        if args.database is not None:
+            check_database(args.database)
     elif args.command == "replay":
         from tapline.replay import validate_replay
 
@@ -503,6 +505,9 @@ def add_export_command(commands) -> None:
                     "traffic needs no more memory than a few lake objects. Where the lake is "
                     "comes from S3_ENDPOINT_URL, S3_BUCKET and the S3 keys, as for `lake`.")
     export.add_argument("--har", action="store_true", help="HAR 1.2 (the format)")
+    export.add_argument("--database", help="read TimescaleDB's http_requests instead of the "
+                                           "lake (a PostgreSQL URL; --where is then SQL on its "
+                                           "columns, and bodies are as the table cut them)")
     export.add_argument("-o", "--output", default="-",
                         help="the file to write (default -, standard output); written whole "
                              "or not at all")
@@ -510,11 +515,14 @@ def add_export_command(commands) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from tapline.captures import NoCaptures, lake_records
+    from tapline.captures import NoCaptures, db_records, lake_records
     from tapline.har import write_har
     from tapline.lake import LakeError
 
-    records = lake_records(args.settings, args.selection)
+    if args.database is not None:
+        records = db_records(args.database, args.selection)
+    else:
+        records = lake_records(args.settings, args.selection)
     partial = None
     try:
         if args.output == "-":

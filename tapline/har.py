@@ -112,6 +112,10 @@ def _post_data(request: dict) -> dict[str, Any] | None:
     post: dict[str, Any] = {"mimeType": _header(request["headers"], "content-type") or "",
                             "text": request["body"]}
     form = (request.get("params") or {}).get("form")
+    if not form and post["mimeType"].split(";")[0].strip().lower() == \
+            "application/x-www-form-urlencoded" and request["body_encoding"] == "utf-8" \
+            and not request["body_truncated"]:
+        form = parse_qsl(request["body"], keep_blank_values=True)
     if form:
         post["params"] = [{"name": str(n), "value": str(v)} for n, v in form]
     notes = []
@@ -207,18 +211,22 @@ def entry(record: dict) -> dict[str, Any]:
     return har
 
 
-def write_har(records: Iterable[bytes], out: IO[bytes]) -> tuple[int, int]:
-    """Write a HAR document of `records` (capture records as bytes) to `out`, one entry at a
-    time; (entries written, records skipped as not valid capture records)."""
+def write_har(records: Iterable[bytes | dict], out: IO[bytes]) -> tuple[int, int]:
+    """Write a HAR document of `records` (capture records as bytes, or already in JSON form)
+    to `out`, one entry at a time; (entries written, records skipped as not valid capture
+    records)."""
     out.write(b'{"log":{"version":"1.2","creator":' + orjson.dumps(CREATOR)
               + b',"entries":[')
     written = skipped = 0
     for data in records:
-        try:
-            record = decode_json(data)
-        except InvalidRecord:
-            skipped += 1
-            continue
+        if isinstance(data, dict):
+            record = data
+        else:
+            try:
+                record = decode_json(data)
+            except InvalidRecord:
+                skipped += 1
+                continue
         out.write((b",\n" if written else b"\n") + orjson.dumps(entry(record)))
         written += 1
     out.write(b"\n]}}\n")

@@ -1,6 +1,6 @@
-"""`tapline export --har` on a real lake (moto's S3 server): the HAR validates with an
-independent validator (npm's har-validator), a HAR library (haralyzer) finds every exchange,
-header and body in it again, the lake's selectors work, and bad input is one clear line."""
+"""`tapline export --har` on a real lake (moto's S3 server) and on PostgreSQL: the HAR validates
+with an independent validator (npm's har-validator), a HAR library (haralyzer) finds every
+exchange, header and body in it again, the selectors work, and bad input is one clear line."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import io
 import json
 from collections import defaultdict
 
+import psycopg
 import pytest
 from haralyzer import HarEntry, HarParser
 
 from capture import CaptureRecord, encode
+from db import migrate
 from sinks.lake import key_prefix, object_key
+from sinks.rows import COLUMNS, row_of
 from stack.har import validate_har
 from tapline.cli import main
 from tests.factories import make
@@ -129,3 +132,26 @@ def test_bad_selections_are_one_line_each(lake, tmp_path):
     assert not path.exists() and not list(tmp_path.iterdir())  # nothing half written
 
 
+
+
+def test_export_har_from_timescaledb(database, tmp_path):
+    records = cases()
+    migrate(database)
+    with psycopg.connect(database) as conn:
+        conn.cursor().executemany(
+            f"INSERT INTO http_requests ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+            [row_of(r, 1 << 20) for r in records])
+    path = tmp_path / "db.har"
+    code, _, err = run(["export", "--har", "--database", database, "-o", str(path)])
+    assert code == 0, err
+    validate_har(path)
+    check_round_trip(path, records)
+    code, out, err = run(["export", "--har", "--database", database,
+                          "--where", "status_code = 401"])
+    assert code == 0, err
+    assert {e["_tapline"]["id"] for e in json.loads(out)["log"]["entries"]} == {
+        r.id for r in records if r.response is not None and r.response.status_code == 401}
+    code, _, err = run(["export", "--har", "--database", database, "--where", "nope = 1"])
+    assert code == 1 and err.startswith("tapline: --where: column \"nope\" does not exist") \
+        and err.count("\n") == 1, err

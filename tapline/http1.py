@@ -183,13 +183,15 @@ class Client:
         idle = self._idle[(host, port)]
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                try:
-                    return await self._exchange(conn, idle, data, head)
-                except ConnectionResetError:
-                    if conn.status or not conn.head:
-                        raise
-                break  # a fresh connection, below
+            if conn.closed:
+                self._drop(conn)  # the server closed it while it was idle
+                continue
+            try:
+                return await self._exchange(conn, idle, data, head)
+            except ConnectionResetError:
+                if conn.status or not conn.head:
+                    raise
+            break  # a fresh connection, below
         loop = asyncio.get_running_loop()
         if tls:
             import ssl

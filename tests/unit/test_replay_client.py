@@ -87,12 +87,12 @@ def test_a_kept_connection_the_server_closed_is_not_used_again():
             first = await client.request("127.0.0.1", port, request(b"/bye"))
             await asyncio.sleep(0.05)  # the server closes it after its answer
             second = await client.request("127.0.0.1", port, request(b"/length"))
-            return first, second, len(connections)
+            return first, second, len(connections), len(client._all)
         finally:
             client.close()
             server.close()
 
-    assert asyncio.run(main()) == (200, 200, 2)
+    assert asyncio.run(main()) == (200, 200, 2, 1)  # the closed one is forgotten
 
 
 def test_an_answer_that_is_not_http_is_a_protocol_error_and_refused_is_an_os_error():

@@ -31,8 +31,9 @@ from proxy.exchange import (
     tap_response,
     unframe_empty,
 )
+from proxy.kafka_logs import quiet_kafka_client_logs
 from proxy.metrics import ProxyMetrics
-from proxy.producer import CaptureProducer, quiet_kafka_client_logs
+from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings, SettingsError
 from proxy.spool import SpoolUnusable
 

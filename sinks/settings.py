@@ -11,7 +11,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config import EnvReader, GiB, KiB, MiB, SettingsError
+from config import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_TOPIC,
+    EnvReader,
+    GiB,
+    KiB,
+    MiB,
+    SettingsError,
+)
 from topics import max_record_bytes
 
 SINKS = ("timescale", "lake")
@@ -47,10 +56,11 @@ class LoopSettings:
             raise SettingsError(f"unknown sink {sink!r}: use one of {', '.join(SINKS)}")
         reader = EnvReader(os.environ if env is None else env)
         defaults = _DEFAULTS[sink]
-        topic = reader.text("CAPTURE_TOPIC", "http-captures")
+        topic = reader.text("CAPTURE_TOPIC", DEFAULT_TOPIC)
         return cls(
             sink=sink,
-            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS",
+                                                DEFAULT_BOOTSTRAP_SERVERS),
             topic=topic,
             group_id=reader.text("SINK_GROUP_ID", defaults["group"]),
             dlq_topic=reader.text("DLQ_TOPIC", f"{topic}.dlq"),
@@ -102,8 +112,7 @@ class TimescaleSettings:
                 "(policies take the schema's owner): with a writer role, apply them with "
                 "`python -m db policies` as the owner")
         return cls(
-            database_url=reader.text(
-                "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
+            database_url=reader.text("DATABASE_URL", DEFAULT_DATABASE_URL),
             body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 * KiB, minimum=0,
                                           maximum=GiB),
             write_method=method,

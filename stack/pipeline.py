@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import db
-from config import EnvReader
+from config import DEFAULT_TOPIC, EnvReader
 from stack.kafka import STACK_DIR, Kafka
 from stack.postgres import Postgres
 from stack.s3 import S3Server
@@ -83,7 +83,7 @@ class RunSettings:
             proxy_metrics_port=port("RUN_PROXY_METRICS_PORT", 9101),
             timescale_metrics_port=port("RUN_TIMESCALE_METRICS_PORT", 9102),
             lake_metrics_port=port("RUN_LAKE_METRICS_PORT", 9103),
-            topic=read.text("CAPTURE_TOPIC", "http-captures"),
+            topic=read.text("CAPTURE_TOPIC", DEFAULT_TOPIC),
             bucket=read.text("S3_BUCKET", "captures"),
         )
 

@@ -28,7 +28,14 @@ from proxy.metrics import DROP_REASONS
 from tests.faults.load import Tally
 from tests.integration.conftest import Pipeline, start_pipeline
 from tests.sinks.conftest import SinkProcess
-from tests.sinks.lake_fixtures import TcpForwarder, committed, copy_group, lake_env, read_lake
+from tests.sinks.lake_fixtures import (
+    TcpForwarder,
+    committed,
+    copy_group,
+    lake_env,
+    lake_rows,
+    read_lake,
+)
 from tests.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
 
 SINKS = ("timescale", "lake")
@@ -84,12 +91,16 @@ def final_count(proxy_log: Path) -> dict[str, float]:
 
 @dataclass
 class Stores:
-    """Capture ids in each place, with how many times each is there."""
+    """Capture ids in each place, with how many times each is there: on the topic, rows in
+    the database, rows of the lake as its readers see it (the DuckDB view `captures`), and
+    copies in the lake's objects (a record can be in two after a crash or a stalled sink;
+    readers count it once)."""
 
     topic: Counter
     db: Counter
     lake: Counter
     started: dict[str, datetime]  # when each request on the topic began, by capture id
+    lake_objects: Counter = field(default_factory=Counter)
 
 
 def duplicates(ids: Counter) -> int:
@@ -252,8 +263,9 @@ class FullPipeline:
         return Stores(
             topic=Counter(record.id for record in records),
             db=db_ids(self.database),
-            lake=read_lake(self.s3_url, self.bucket).ids(),
+            lake=lake_rows(self.s3_url, self.bucket),
             started={record.id: parse_time(record.started_at) for record in records},
+            lake_objects=read_lake(self.s3_url, self.bucket).ids(),
         )
 
     def stop_sinks(self) -> None:

@@ -182,6 +182,7 @@ def test_sinks_killed_again_and_again(kafka, database, s3, bucket, tmp_path, rep
                       count.dropped, stores,
                       [f"read again after kills, at least: db {again['timescale']}, "
                        f"lake {again['lake']}",
+                       f"second copies in the lake's objects {duplicates(stores.lake_objects)}",
                        f"seed {seed}"])
     report(figures.line())
     check(figures)
@@ -267,3 +268,4 @@ def test_proxy_stopped(kafka, database, s3, bucket, tmp_path, report):
     assert before.in_flight + before.queued > 0  # the stop did find records to flush
     assert final["captured"] == final["produced"] + final["dropped"]
     assert len(stores.topic) == final["produced"]
+

@@ -13,7 +13,9 @@ Failure policy: S3 never refuses a capture as data, so this sink never raises
 PermanentWriteError. Whatever fails (S3 unreachable, 5xx, timeouts, a missing bucket, wrong
 credentials) is raised as it is and the loop retries the whole batch with backoff; rewriting
 the objects that did get written is harmless because their names and bytes are the same.
-Nothing a sink writes can replace what another wrote, because a name fixes the bytes (see
+Before each PUT the sink calls the loop's `fence`, which raises PartitionLost once the
+batch's partitions are another's: a sink that lost them stops writing. What it had on the wire
+already cannot replace what another wrote, because a name fixes the bytes (see
 `plan_objects`).
 """
 
@@ -33,7 +35,7 @@ from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord, canonical_ip, decode_json, parse_time
 from config import EnvReader, SettingsError, shown
-from sinks.loop import Item, Sink
+from sinks.loop import Fence, Item, PartitionLost, Sink, unfenced
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +299,7 @@ class LakeSink(Sink):
         record = decode_json(value)  # validated as `decode` does, without the dataclasses
         return key_prefix(record["started_at"], record["client_ip"]), value
 
-    async def write(self, items: Sequence[Item]) -> None:
+    async def write(self, items: Sequence[Item], fence: Fence = unfenced) -> None:
         assert self._fs is not None, "start() first"
         objects = plan_objects(items)
         level = self.settings.gzip_level
@@ -306,6 +308,7 @@ class LakeSink(Sink):
 
         async def put(key: str, body: bytes) -> None:
             async with slots:
+                fence()  # raises PartitionLost once the partitions are another's
                 # One PUT below 100 MB (s3fs's 2 x 50 MB chunk), multipart above: either way
                 # the object becomes visible whole, or not at all.
                 await self._fs._pipe_file(f"{self.settings.bucket}/{key}", body)
@@ -317,7 +320,7 @@ class LakeSink(Sink):
         if not failed:
             return
         for error in failed:
-            if isinstance(error, asyncio.CancelledError):
+            if isinstance(error, asyncio.CancelledError | PartitionLost):
                 raise error
         first = failed[0]
         if isinstance(first, FileNotFoundError):  # s3fs's word for NoSuchBucket

@@ -49,6 +49,8 @@ class LoopSettings:
     retry_max_backoff_s: float
     metrics_host: str
     metrics_port: int
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
 
     @classmethod
     def from_env(cls, sink: str, env: Mapping[str, str] | None = None) -> LoopSettings:
@@ -57,6 +59,16 @@ class LoopSettings:
         reader = EnvReader(os.environ if env is None else env)
         defaults = _DEFAULTS[sink]
         topic = reader.text("CAPTURE_TOPIC", DEFAULT_TOPIC)
+        # Kafka's own bounds for a group member (the broker's group.min/max.session.timeout.ms
+        # defaults); the heartbeat must come well within the session.
+        session_ms = reader.integer("SINK_SESSION_TIMEOUT_MS", 10_000, minimum=6_000,
+                                    maximum=1_800_000)
+        heartbeat_ms = reader.integer("SINK_HEARTBEAT_INTERVAL_MS", 3_000, minimum=100,
+                                      maximum=600_000)
+        if heartbeat_ms * 3 > session_ms:
+            raise SettingsError(
+                f"SINK_HEARTBEAT_INTERVAL_MS={heartbeat_ms} must be at most a third of "
+                f"SINK_SESSION_TIMEOUT_MS={session_ms}")
         return cls(
             sink=sink,
             kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS",
@@ -78,6 +90,8 @@ class LoopSettings:
                                               maximum=3600.0),
             metrics_host=reader.text("SINK_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.port("SINK_METRICS_PORT", defaults["metrics_port"], zero="off"),
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=heartbeat_ms,
         )
 
 

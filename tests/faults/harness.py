@@ -171,7 +171,7 @@ class FullPipeline:
     """Apps, proxy, Kafka, both sinks and both stores, with a handle on each."""
 
     def __init__(self, pipeline: Pipeline, database: str, s3_url: str, bucket: str,
-                 forwarder: TcpForwarder) -> None:
+                 forwarder: TcpForwarder, lake_settings: dict[str, str] | None = None) -> None:
         self.pipeline = pipeline
         self.database = database
         self.s3_url = s3_url
@@ -182,7 +182,8 @@ class FullPipeline:
             "timescale": {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CAPTURE_TOPIC": topic,
                           "DATABASE_URL": database, "SINK_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
                           **SINK_ENV},
-            "lake": lake_env(bootstrap, topic, forwarder.url, bucket, **SINK_ENV, **LAKE_ENV),
+            "lake": lake_env(bootstrap, topic, forwarder.url, bucket,
+                             **(SINK_ENV | LAKE_ENV | (lake_settings or {}))),
         }
         self.sinks: dict[str, SinkProcess] = {}
         self.consumed = Counter()  # records read by the processes of each sink that are gone
@@ -199,6 +200,13 @@ class FullPipeline:
         for name in names:
             sink = self.sinks[name]
             wait_for_port(sink.metrics_port, sink.proc, sink.log, timeout=60)
+
+    def start_replica(self, key: str, of: str, **env: str) -> SinkProcess:
+        """Another process of sink `of`, in its consumer group, with these settings changed;
+        known as `key` (its metrics still say sink=`of`)."""
+        sink = SinkProcess(of, self.pipeline.workdir, self.envs[of] | env)
+        self.sinks[key] = sink.start()
+        return sink
 
     def wait_assigned(self, name: str) -> None:
         sink = self.sinks[name]
@@ -276,6 +284,7 @@ class FullPipeline:
 
 @contextlib.contextmanager
 def full_pipeline(workdir: Path, bootstrap: str, database: str, s3_url: str, bucket: str,
+                  lake_settings: dict[str, str] | None = None,
                   **proxy_env: str) -> Iterator[FullPipeline]:
     """Start everything, wait until both sinks hold the topic's partitions, stop it all after."""
     target = urlsplit(s3_url)
@@ -284,7 +293,7 @@ def full_pipeline(workdir: Path, bootstrap: str, database: str, s3_url: str, buc
         with start_pipeline(workdir, bootstrap, **proxy_env) as pipeline:
             wait_until(lambda: topic_exists(bootstrap, pipeline.topic), timeout=60,
                        what=f"the proxy to create topic {pipeline.topic}")
-            full = FullPipeline(pipeline, database, s3_url, bucket, forwarder)
+            full = FullPipeline(pipeline, database, s3_url, bucket, forwarder, lake_settings)
             try:
                 full.start_sinks(*SINKS)
                 for name in SINKS:

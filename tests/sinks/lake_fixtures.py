@@ -213,7 +213,10 @@ class TcpForwarder:
     gone, a load balancer dropping traffic); "503" answers every request with S3's own
     503 Slow Down and closes; "hold" passes requests on but holds the answers back, so S3
     does the work and the client never hears of it (the window between a write and its
-    commit, held open). Switching to "reset" or "503" cuts the open connections."""
+    commit, held open); "pause" holds the bytes both ways, requests too, on the connections
+    it has and on new ones, and lets them all go on when it is set "up" again: a request
+    stuck in the network that S3 only gets, and does, much later. `held` counts the chunks of
+    requests held back. Switching to "reset" or "503" cuts the open connections."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -223,6 +226,9 @@ class TcpForwarder:
         self.accepted = Counter()
         self._answers = threading.Event()  # set: answers flow back to the client
         self._answers.set()
+        self._requests = threading.Event()  # set: requests flow on to the target
+        self._requests.set()
+        self.held = 0
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -233,17 +239,21 @@ class TcpForwarder:
         return f"http://127.0.0.1:{self.port}"
 
     def set(self, mode: str) -> None:
-        assert mode in ("up", "hold", "reset", "503")
+        assert mode in ("up", "hold", "pause", "reset", "503")
         self.mode = mode
         if mode in ("reset", "503"):
             with self._lock:
                 doomed, self._open = list(self._open), set()
             for sock in doomed:
                 _reset(sock)
-        if mode == "hold":
+        if mode in ("hold", "pause"):
             self._answers.clear()
         else:
             self._answers.set()
+        if mode == "pause":
+            self._requests.clear()
+        else:
+            self._requests.set()
 
     def close(self) -> None:
         self._closed = True
@@ -262,7 +272,7 @@ class TcpForwarder:
                 _reset(conn)
             elif mode == "503":
                 threading.Thread(target=self._slow_down, args=(conn,), daemon=True).start()
-            else:  # up or hold
+            else:  # up, hold or pause
                 threading.Thread(target=self._connect, args=(conn,), daemon=True).start()
 
     def _connect(self, conn: socket.socket) -> None:
@@ -282,6 +292,10 @@ class TcpForwarder:
             while data := src.recv(65536):
                 if answers:
                     self._answers.wait()
+                elif not self._requests.is_set():
+                    with self._lock:
+                        self.held += 1
+                    self._requests.wait()
                 dst.sendall(data)
         except OSError:
             pass

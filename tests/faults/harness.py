@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -285,12 +285,13 @@ class FullPipeline:
 @contextlib.contextmanager
 def full_pipeline(workdir: Path, bootstrap: str, database: str, s3_url: str, bucket: str,
                   lake_settings: dict[str, str] | None = None,
-                  **proxy_env: str) -> Iterator[FullPipeline]:
+                  *, proxy_prefix: Sequence[str] = (), **proxy_env: str) -> Iterator[FullPipeline]:
     """Start everything, wait until both sinks hold the topic's partitions, stop it all after."""
     target = urlsplit(s3_url)
     forwarder = TcpForwarder(target.hostname, target.port)
     try:
-        with start_pipeline(workdir, bootstrap, **proxy_env) as pipeline:
+        with start_pipeline(workdir, bootstrap, proxy_prefix=proxy_prefix,
+                            **proxy_env) as pipeline:
             wait_until(lambda: topic_exists(bootstrap, pipeline.topic), timeout=60,
                        what=f"the proxy to create topic {pipeline.topic}")
             full = FullPipeline(pipeline, database, s3_url, bucket, forwarder, lake_settings)

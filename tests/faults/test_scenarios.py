@@ -135,6 +135,39 @@ def test_proxy_killed_while_kafka_is_down(own_kafka, database, s3, bucket, tmp_p
     assert sum(count.dropped.values()) == 0
 
 
+def test_kafka_down_and_the_spools_disk_full(own_kafka, database, s3, bucket, tmp_path,
+                                            report):
+    """The spool's disk refuses writes partway into the outage: the rest is dropped and
+    counted, clients notice nothing, what was spooled arrives. The disk is a file size limit
+    on the proxy (`prlimit --fsize`): the kernel refuses the growth (EFBIG) as a full disk
+    refuses a write (ENOSPC); one worker, whose files are its log and its spool."""
+    limit = 1536 << 10
+    with full_pipeline(tmp_path, own_kafka.bootstrap_servers, database, s3.endpoint_url, bucket,
+                       proxy_prefix=["prlimit", f"--fsize={limit}"], PROXY_WORKERS="1",
+                       CAPTURE_SPOOL_DIR=str(tmp_path / "spool")) as full:
+        with Load(full.pipeline, RATE) as load:
+            time.sleep(LEAD_S)
+            own_kafka.kill()
+            wait_until(lambda: proxy_count(full.metrics).dropped["spool_full"] > 0,
+                       timeout=120, interval=0.5, what="the spool's disk to refuse a write")
+            during = proxy_count(full.metrics)
+            time.sleep(TRAIL_S)
+            own_kafka.start()
+            time.sleep(TRAIL_S)
+        count = full.settle_proxy(timeout=120)
+        size = full.wait_caught_up()
+        stores = full.stores(size)
+        full.stop_sinks()
+    figures = Figures(f"kafka killed, the spool's disk full at {limit >> 10} KiB", load.tally(),
+                      count.captured, count.dropped, stores,
+                      [f"spooled when the disk refused {during.spooled}",
+                       f"duplicates on the topic {duplicates(stores.topic)}"])
+    report(figures.line())
+    check(figures)  # clients saw no error; every capture not dropped reached both stores
+    assert count.dropped["spool_full"] > 0
+    assert during.spooled > 0
+
+
 def spooled_ids(folder) -> set[str]:
     ids = set()
     for path in folder.glob("worker-*.sqlite"):

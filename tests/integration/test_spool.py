@@ -19,13 +19,9 @@ from werkzeug.serving import make_server
 from capture import decode
 from stack import free_port
 from tests.integration import echo_app
-from tests.support import Process, read_topic, sample, scrape, wait_until
+from tests.support import Process, accounted, read_topic, sample, scrape, wait_until
 
 pytestmark = pytest.mark.integration
-
-DROP_REASONS = ("queue_full", "oversized", "kafka_error", "shutdown", "encode_error",
-                "worker_lost", "spool_full")
-
 
 class SpoolRig:
     """The echo app, and a one-worker proxy in front of it with a spool under `workdir`."""
@@ -73,19 +69,7 @@ class SpoolRig:
 
     def accounting(self) -> tuple[float, float]:
         """(captured + recovered, produced + dropped + queued + spooled + in flight)."""
-        for _ in range(50):
-            s = scrape(self.metrics)
-            left = (sample(s, "tapline_proxy_captures_total")
-                    + sample(s, "tapline_proxy_spool_recovered_total"))
-            right = (sample(s, "tapline_proxy_produced_total")
-                     + sum(sample(s, "tapline_proxy_dropped_total", reason=r)
-                           for r in DROP_REASONS)
-                     + sample(s, "tapline_proxy_queue_records")
-                     + sample(s, "tapline_proxy_spool_records")
-                     + sample(s, "tapline_proxy_in_flight_records"))
-            if left == right:
-                break
-        return left, right
+        return accounted(self.metrics)[:2]
 
     def close(self) -> None:
         if self.proxy is not None:

@@ -1,6 +1,6 @@
 """The proxy's settings, read from the environment in this one place.
 
-Every name here appears, with the same meaning, in the README's configuration table and in
+Every name here appears, with the same meaning, in docs/configuration.md's table and in
 docker-compose.yml. Defaults suit one host: apps on 5100/5101 behind the proxy on 5000/5001.
 """
 

@@ -1,6 +1,6 @@
 """The sinks' settings, read from the environment in this one place.
 
-The same names appear in the README's configuration table and in docker-compose.yml. Each
+The same names appear in docs/configuration.md's table and in docker-compose.yml. Each
 sink runs as its own process, so SINK_* settings apply to the sink of that process; their
 defaults differ by sink where the sinks want different things (the lake batches longer).
 """

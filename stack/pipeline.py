@@ -132,8 +132,8 @@ def program_env(env: Mapping[str, str], settings: Sequence[str],
     return {**chosen, **env}
 
 
-# Which of the shell's variables each kind of program takes: its own settings' names (README's
-# tables). Never DATABASE_URL, S3_* keys or AWS_*: the run sets what a sink needs itself.
+# Which of the shell's variables each kind of program takes: its own settings' names (docs/
+# configuration.md). Never DATABASE_URL, S3_* keys or AWS_*: the run sets what a sink needs itself.
 _CAPTURE_SETTINGS = ("CAPTURE_", "KAFKA_")
 _SINK_SETTINGS = (*_CAPTURE_SETTINGS, "SINK_", "DLQ_TOPIC", "LOG_LEVEL")
 PROXY_SETTINGS = (*_CAPTURE_SETTINGS, "PROXY_", "MALLOC_MMAP_THRESHOLD_")

@@ -39,8 +39,9 @@ from mitmproxy.test import tflow  # noqa: E402
 
 from capture import encode  # noqa: E402
 from proxy.addon import make_redactor  # noqa: E402
-from proxy.exchange import build_record, tap_request, tap_response  # noqa: E402
+from proxy.exchange import build_record  # noqa: E402
 from proxy.settings import ProxySettings  # noqa: E402
+from proxy.taps import tap_request, tap_response  # noqa: E402
 
 CAP = 1 << 20
 BATCH_BYTES = 1 << 20

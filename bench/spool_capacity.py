@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.producer import SPOOL_CHUNK_BYTES, SPOOL_CHUNK_RECORDS
 from proxy.spool import Spool
+from proxy.spooler import SPOOL_CHUNK_BYTES, SPOOL_CHUNK_RECORDS
 
 DEFAULT_CAP = 4 << 30
 

@@ -26,6 +26,10 @@ from typing import Any, Literal
 import orjson
 
 SCHEMA_VERSION = 2
+# What redaction leaves in a value (docs/security.md), part of the record's contract: readers
+# (the sinks' `principal` column) tell a fingerprint by it.
+REDACTED_MARKER = "[redacted]"
+FINGERPRINT_PREFIX = "hmac:"
 VERSIONS = (1, 2)  # what `decode` reads
 
 BodyEncoding = Literal["utf-8", "base64"]

@@ -16,6 +16,11 @@ from collections.abc import Mapping
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
+# Where every service looks when told nothing: one host, as `make run` lays it out.
+DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+DEFAULT_TOPIC = "http-captures"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tapline"
+
 # What a refused number or word may look like to be echoed in an error.
 _SHOWABLE = re.compile(r"[0-9A-Za-z.+_-]{1,24}")
 

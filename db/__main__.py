@@ -92,10 +92,15 @@ def validate(args: argparse.Namespace) -> None:
                              f"not {args.name[:70]!r}")
         password_from(args.password_env)
     if args.command == "policies":
+        # Blank is "no such policy", as compose passes an unset TIMESCALE_COMPRESS_AFTER.
+        if args.compress_after is not None and not args.compress_after.strip():
+            args.compress_after = None
+        if args.retention is not None and not args.retention.strip():
+            args.retention = None
         for option, value in (("--compress-after", args.compress_after),
                               ("--retention", args.retention)):
             if value is not None and not (
-                    value.strip() and len(value) <= MAX_INTERVAL_CHARS and value.isprintable()):
+                    len(value) <= MAX_INTERVAL_CHARS and value.isprintable()):
                 raise UsageError(f"{option} {value[:70]!r}: not an interval (write e.g. "
                                  "'7 days')")
 

@@ -20,13 +20,14 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
+from config import DEFAULT_DATABASE_URL
 from db.mode import check_mode, schema_mode
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DATABASE_VARIABLE = "DATABASE_URL"
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/tapline"
+DEFAULT_URL = DEFAULT_DATABASE_URL
 # The key of the session-level advisory lock that migrators take: "tapline" in ASCII.
 MIGRATION_LOCK_KEY = 0x7461706C696E65
 _DRIVER = "postgresql+psycopg"

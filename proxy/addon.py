@@ -24,17 +24,13 @@ from capture.logs import keep_secrets_out_of_logs
 from capture.record import shrink
 from capture.redact.redactor import Policy, Redactor
 from config.endpoint import StartError
-from proxy.exchange import (
-    build_record,
-    frame_for_http1,
-    tap_request,
-    tap_response,
-    unframe_empty,
-)
+from proxy.exchange import build_record
+from proxy.kafka_logs import quiet_kafka_client_logs
 from proxy.metrics import ProxyMetrics
-from proxy.producer import CaptureProducer, quiet_kafka_client_logs
+from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings, SettingsError
 from proxy.spool import SpoolUnusable
+from proxy.taps import frame_for_http1, tap_request, tap_response, unframe_empty
 
 log = logging.getLogger(__name__)
 

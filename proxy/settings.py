@@ -1,6 +1,6 @@
 """The proxy's settings, read from the environment in this one place.
 
-Every name here appears, with the same meaning, in the README's configuration table and in
+Every name here appears, with the same meaning, in docs/configuration.md's table and in
 docker-compose.yml. Defaults suit one host: apps on 5100/5101 behind the proxy on 5000/5001.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from config import EnvReader, GiB, KiB, MiB, SettingsError
+from config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_TOPIC, EnvReader, GiB, KiB, MiB, SettingsError
 from proxy.exchange import Network, parse_networks
 from proxy.spool import folder_of
 from topics import MAX_RECORD_BYTES, max_record_bytes
@@ -196,8 +196,9 @@ class ProxySettings:
             workers=reader.integer("PROXY_WORKERS", default_workers(), minimum=1,
                                    maximum=MAX_WORKERS),
             event_loop=reader.choice("PROXY_EVENT_LOOP", ("uvloop", "asyncio")),
-            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            topic=reader.text("CAPTURE_TOPIC", "http-captures"),
+            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS",
+                                                DEFAULT_BOOTSTRAP_SERVERS),
+            topic=reader.text("CAPTURE_TOPIC", DEFAULT_TOPIC),
             topic_partitions=reader.integer("CAPTURE_TOPIC_PARTITIONS", 6, minimum=1,
                                             maximum=MAX_PARTITIONS),
             max_record_bytes=max_record_bytes(reader),

@@ -19,6 +19,7 @@ workers): worker i takes `worker-j` for every j >= PROXY_WORKERS with j % PROXY_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -67,6 +68,9 @@ class Spool:
         self.records = 0
         self.bytes = 0
         self._db: sqlite3.Connection | None = None
+        # Rows Kafka has acknowledged that a full disk would not let us delete (a delete
+        # writes to the WAL too): skipped by reads, deleted again with the next delete.
+        self._forgotten: set[int] = set()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-spool")
 
     async def _call(self, fn, *args):
@@ -144,16 +148,28 @@ class Spool:
         return len(fits)
 
     def _insert(self, items: list[tuple[bytes, bytes, float]]) -> None:
-        try:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO spool (key, value, at) VALUES (?, ?, ?)", items)
-            self._db.execute("COMMIT")
-        except (sqlite3.Error, OSError) as e:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if _disk_full(e):
-                raise SpoolFull(f"the disk under the spool is full: {e}") from None
-            raise
+        if not self._write("INSERT INTO spool (key, value, at) VALUES (?, ?, ?)", items):
+            raise SpoolFull("the disk under the spool refuses the write")
+
+    def _write(self, statement: str, rows: list) -> bool:
+        """Run `statement` over `rows` in one transaction; False when the disk refused it
+        even after a checkpoint (the WAL may be what cannot grow: its pages are folded into
+        the file and it starts over)."""
+        for attempt in range(2):
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(statement, rows)
+                self._db.execute("COMMIT")
+                return True
+            except (sqlite3.Error, OSError) as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if not _disk_full(e):
+                    raise
+                if attempt == 0:
+                    with contextlib.suppress(sqlite3.Error, OSError):
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return False
 
     async def read(self, max_bytes: int) -> list[tuple[int, bytes, bytes]]:
         """(rowid, key, value) of the oldest records, up to `max_bytes` (at least one)."""
@@ -163,6 +179,8 @@ class Spool:
         rows, size = [], 0
         cursor = self._db.execute("SELECT rowid, key, value FROM spool ORDER BY at, rowid")
         for row in cursor:
+            if row[0] in self._forgotten:
+                continue
             size += len(row[1]) + len(row[2])
             if rows and size > max_bytes:
                 break
@@ -171,18 +189,23 @@ class Spool:
         return rows
 
     async def delete(self, rowids: list[int], size: int) -> None:
-        """Forget rows Kafka has acknowledged (or that were dropped)."""
+        """Forget rows Kafka has acknowledged (or that were dropped). On a disk too full even
+        for that, the rows are skipped from now on and deleted later: the spool still drains
+        (a restart before then sends them again; the sinks store a record once)."""
         await self._call(self._delete, rowids)
         self.records -= len(rowids)
         self.bytes -= size
 
     def _delete(self, rowids: list[int]) -> None:
-        self._db.execute("BEGIN")
-        self._db.executemany("DELETE FROM spool WHERE rowid = ?", [(r,) for r in rowids])
-        self._db.execute("COMMIT")
+        rowids = [*self._forgotten, *rowids]
+        if not self._write("DELETE FROM spool WHERE rowid = ?", [(r,) for r in rowids]):
+            self._forgotten.update(rowids)
+            return
+        self._forgotten.clear()
         if self._db.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is None:
             # Empty: give the pages back (a spool that held an outage may be large).
-            self._db.execute("VACUUM")
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self._db.execute("VACUUM")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -192,11 +215,12 @@ class Spool:
 
 
 def _disk_full(error: BaseException) -> bool:
+    """Whether the disk refused a write: full (SQLITE_FULL, ENOSPC), over a quota, or over
+    the file size limit (SQLite reports EFBIG as SQLITE_IOERR_WRITE)."""
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    return isinstance(error, sqlite3.Error) and (
-        getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        or "disk is full" in str(error) or "too big" in str(error))
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 
 def folder_of(spec: str) -> Path | None:

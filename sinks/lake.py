@@ -1,9 +1,10 @@
 """The S3 data lake sink: every capture, byte for byte, as gzip-compressed NDJSON objects.
 
-Layout (docs/lake.md): `<YYYY-MM-DD>/<HH>/<client-ip>/<topic>-<partition>-<first offset>.jsonl.gz`,
-date and hour of the record's `started_at` in UTC. One object holds, in offset order, the
-records of one batch of one partition that share date, hour and client IP; each line is
-exactly the bytes that were on the topic.
+Layout (docs/lake.md):
+`<YYYY-MM-DD>/<HH>/<client-ip>/<topic>-<partition>-<first offset>-<last offset>.jsonl.gz`, date
+and hour of the record's `started_at` in UTC. One object holds, in offset order, the records of
+one batch of one partition that share date, hour and client IP; each line is exactly the bytes
+that were on the topic.
 
 The pure parts (`key_prefix`, `ip_segment`, `object_key`, `plan_objects`, `ndjson_gz`) decide
 everything that matters; `LakeSink` is a thin shell that compresses and PUTs.
@@ -12,6 +13,10 @@ Failure policy: S3 never refuses a capture as data, so this sink never raises
 PermanentWriteError. Whatever fails (S3 unreachable, 5xx, timeouts, a missing bucket, wrong
 credentials) is raised as it is and the loop retries the whole batch with backoff; rewriting
 the objects that did get written is harmless because their names and bytes are the same.
+Before each PUT the sink calls the loop's `fence`, which raises PartitionLost once the
+batch's partitions are another's: a sink that lost them stops writing. What it had on the wire
+already cannot replace what another wrote, because a name fixes the bytes (see
+`plan_objects`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord, canonical_ip, decode_json, parse_time
 from config import EnvReader, SettingsError, shown
-from sinks.loop import Item, Sink
+from sinks.loop import Fence, Item, PartitionLost, Sink, unfenced
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +157,15 @@ def key_prefix(started_at: str, client_ip: str) -> str:
             f"{ip_segment(client_ip)}")
 
 
-def object_key(prefix: str, topic: str, partition: int, first_offset: int) -> str:
-    """The key of the object holding a group whose first record is at `first_offset`."""
+def object_key(prefix: str, topic: str, partition: int, first_offset: int,
+               last_offset: int) -> str:
+    """The key of the object holding a group whose records lie from `first_offset` to
+    `last_offset` (both its own records)."""
     if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
         raise ValueError(f"{topic!r} is not a Kafka topic name")
-    return f"{prefix}/{topic}-{int(partition)}-{int(first_offset)}{SUFFIX}"
+    if not 0 <= int(first_offset) <= int(last_offset):
+        raise ValueError(f"offsets {first_offset}..{last_offset} are not a range")
+    return f"{prefix}/{topic}-{int(partition)}-{int(first_offset)}-{int(last_offset)}{SUFFIX}"
 
 
 @dataclass(slots=True)
@@ -169,42 +178,37 @@ class LakeObject:
 
 def plan_objects(items: Iterable[Item]) -> list[LakeObject]:
     """Group a batch by (topic, partition, date, hour, ip), in offset order; each group is one
-    object named after the offset of its first record in this batch.
+    object named after the offsets of its first and its last record in this batch.
 
-    Why a re-delivered record lands in the object that already holds it, and in no other,
-    even when batch boundaries differ between attempts (a crash between a write and its
-    commit; the restart reads from the committed offset and may cut its batches elsewhere).
-    Take one partition, its committed offsets C0 < C1 < ... and the committed batches
-    [Ci, Ci+1). An attempt that starts at S names its object for group g after first_g(S),
-    g's first record at or after S.
+    Why no write can lose a record, whoever makes it and whenever it lands: a name fixes the
+    bytes. The records of one partition that share a prefix and lie from offset f to offset
+    l are the same on every read of the log, so every batch, of any cut, by any sink, that
+    writes the name `prefix/topic-p-f-l` writes the same lines (`prepare` is deterministic,
+    and `ndjson_gz` has no time in it). Overwriting an object can only put the same bytes
+    back; a stale writer (a sink that lost its partitions while its PUT hung, and whose PUT
+    lands after the new owner wrote and committed) adds an object, never replaces one.
 
-    1. Every attempt starts at a committed offset: the loop commits a batch before it writes
-       the next one, and a restart or a new owner of the partition reads from the last commit.
-    2. Say an attempt starting at Cj wrote the name o = first_g(Cj), and o lies in the
-       committed batch [Ci, Ci+1). Then Cj <= Ci <= o, g has no record in [Cj, o), so
-       first_g(Ci) = o too: the committed batch writes the same name, with g's records of
-       [Ci, Ci+1). It writes after the earlier attempt, which ran while Cj was the last
-       commit (or was an earlier try from Ci), and every later attempt starts past o, so no
-       one uses that name again.
-
-    So every name ever written ends up holding exactly g's records of the one committed
-    batch that covers it, stale copies are overwritten, and the committed batches partition
-    the log: each record is in exactly one object. What this needs: one writer per partition
-    at a time (the consumer group's job), batches never split (the sink never raises
-    PermanentWriteError), and `prepare` deterministic (poison is poison on every attempt).
-    `tests/unit/test_lake.py` replays random crash schedules against these functions.
+    What it costs: after a crash between a write and its commit, or a stalled writer's late
+    PUT, a record can be in two objects, under names whose ranges overlap. The committed
+    batches alone still hold every record once; the extra copies are whole, identical
+    records, and readers count each capture once by its `id` (the DuckDB view `captures` in
+    tapline/lake.py does). With names of the first offset alone, a late PUT of a shorter cut
+    replaced the committed object and lost the records past its end (tests/unit/test_lake.py
+    replays both, and random crash schedules).
     """
-    groups: dict[tuple[str, int, str], LakeObject] = {}
+    groups: dict[tuple[str, int, str], tuple[int, int, list[bytes]]] = {}
     for item in items:
         message = item.message
         prefix, raw = item.prepared
         group = (message.topic, message.partition, prefix)
         found = groups.get(group)
         if found is None:
-            found = groups[group] = LakeObject(
-                object_key(prefix, message.topic, message.partition, message.offset), [])
-        found.lines.append(raw)
-    return list(groups.values())
+            groups[group] = (message.offset, message.offset, [raw])
+        else:
+            found[2].append(raw)
+            groups[group] = (found[0], message.offset, found[2])
+    return [LakeObject(object_key(prefix, topic, partition, first, last), lines)
+            for (topic, partition, prefix), (first, last, lines) in groups.items()]
 
 
 def ndjson_gz(lines: Sequence[bytes], level: int = 6) -> bytes:
@@ -295,7 +299,7 @@ class LakeSink(Sink):
         record = decode_json(value)  # validated as `decode` does, without the dataclasses
         return key_prefix(record["started_at"], record["client_ip"]), value
 
-    async def write(self, items: Sequence[Item]) -> None:
+    async def write(self, items: Sequence[Item], fence: Fence = unfenced) -> None:
         assert self._fs is not None, "start() first"
         objects = plan_objects(items)
         level = self.settings.gzip_level
@@ -304,6 +308,7 @@ class LakeSink(Sink):
 
         async def put(key: str, body: bytes) -> None:
             async with slots:
+                fence()  # raises PartitionLost once the partitions are another's
                 # One PUT below 100 MB (s3fs's 2 x 50 MB chunk), multipart above: either way
                 # the object becomes visible whole, or not at all.
                 await self._fs._pipe_file(f"{self.settings.bucket}/{key}", body)
@@ -315,7 +320,7 @@ class LakeSink(Sink):
         if not failed:
             return
         for error in failed:
-            if isinstance(error, asyncio.CancelledError):
+            if isinstance(error, asyncio.CancelledError | PartitionLost):
                 raise error
         first = failed[0]
         if isinstance(first, FileNotFoundError):  # s3fs's word for NoSuchBucket

@@ -20,6 +20,14 @@ whole batch, so decoding and the store's work overlap. Batches stay in offset or
 write starts only after the last one is committed. When a write fails for good (the process
 is stopping), nothing after it is written or committed: what was prepared behind it is
 re-read on the next start.
+
+A batch belongs to the group generation it was read in. Before each PUT (the sink asks) and
+before each commit the loop checks that this consumer is still that generation's member and
+still holds the batch's partitions; when it is not (its write hung past the group's
+timeouts and another member took them over), it drops the batch, writes and commits nothing
+more for those partitions, and goes on: their new owner reads them again from the last
+commit. A check cannot stop a PUT already in flight: the sinks' writes are made so that a late
+one cannot replace what another wrote (docs/lake.md, "Fencing").
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +110,17 @@ class PermanentWriteError(Exception):
     """The store refused the data itself: retrying the same items cannot succeed."""
 
 
+class PartitionLost(Exception):
+    """This consumer no longer owns a partition of the batch: write and commit nothing more."""
+
+
+Fence = Callable[[], None]  # raises PartitionLost once the batch's partitions are another's
+
+
+def unfenced() -> None:
+    """The fence of a write outside any consumer group (tests, tools)."""
+
+
 @dataclass(slots=True)
 class Item:
     """One consumed record, prepared for its sink."""
@@ -127,9 +146,10 @@ class Sink(ABC):
         """The record in the form `write` wants; raises InvalidRecord for a poison record."""
 
     @abstractmethod
-    async def write(self, items: Sequence[Item]) -> None:
+    async def write(self, items: Sequence[Item], fence: Fence = unfenced) -> None:
         """Write durably; PermanentWriteError when the data is refused, anything else is
-        taken as transient."""
+        taken as transient. Call `fence()` before each request that writes: it raises
+        PartitionLost, to be let through, once the batch's partitions are another's."""
 
 
 @dataclass
@@ -139,6 +159,7 @@ class _Pending:
     nbytes: int = 0
     since: float = 0.0
     last_offset: int = -1
+    generation: int | None = None  # the group generation its first record was read in
 
     def __bool__(self) -> bool:
         return self.last_offset >= 0
@@ -181,6 +202,11 @@ class ConsumerLoop:
         assert consumer is not None
         log.info("%s sink consuming %s as group %s", self.sink.name, s.topic, s.group_id)
         try:
+            if not hasattr(getattr(consumer, "_coordinator", None), "generation"):
+                raise RuntimeError("this aiokafka keeps no group generation where the sink "
+                                   "looks for it (sinks/loop.py, _generation): the sink "
+                                   "cannot fence its writes; use the aiokafka of "
+                                   "requirements.txt")
             while not self.stopping.is_set():
                 if self._writing is not None and self._next_batch_ready():
                     await self._finish_write()  # a batch ahead is enough: wait for the store
@@ -272,6 +298,10 @@ class ConsumerLoop:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=message_limit(s.max_record_bytes),
             fetch_max_bytes=max(64 << 20, message_limit(s.max_record_bytes)),
+            # The rebalance timeout is the session timeout too (aiokafka's default): a member
+            # whose revoke callback waits longer than that on a write loses its partitions.
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
         )
         try:
             await producer.start()
@@ -297,6 +327,7 @@ class ConsumerLoop:
         pending = self._pending.setdefault(tp, _Pending())
         if not pending:
             pending.since = time.monotonic()
+            pending.generation = self._generation()
         for message in messages:
             self.metrics.consumed.inc()
             size, cap = len(message.value or b""), self.settings.max_record_bytes
@@ -330,24 +361,63 @@ class ConsumerLoop:
                 return
             try:
                 await self._flush_taken(taken, final=final)
+            except PartitionLost as e:
+                # Not an error of ours: the group gave the partitions to another member while
+                # this batch was being written. Nothing more is written or committed for them
+                # here (until they are revoked and, maybe, given back).
+                self._broken.update(taken)
+                self.metrics.lost_batches.inc()
+                log.warning("%s: %s; dropping a batch of %d records uncommitted, their new "
+                            "owner reads them again", self.sink.name, e,
+                            sum(len(p.items) + len(p.dead) for p in taken.values()))
             except BaseException:
                 self._broken.update(taken)
                 raise
+
+    # --- ownership -------------------------------------------------------------------------
+
+    def _generation(self) -> int | None:
+        """The group generation this consumer is a member of; None when it is in none (it
+        was never let in, or the group expelled it: aiokafka then forgets its member id).
+        aiokafka keeps these on its coordinator and says them nowhere else."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        generation = getattr(coordinator, "generation", None)
+        if not getattr(coordinator, "member_id", "") or not isinstance(generation, int):
+            return None
+        return generation if generation >= 0 else None
+
+    def _fence(self, taken: dict[TopicPartition, _Pending]) -> Fence:
+        """A check that this consumer still owns the partitions of the batch `taken`, in the
+        generation their records were read in; raises PartitionLost when it does not."""
+        def fence() -> None:
+            assert self._consumer is not None
+            now = self._generation()
+            assigned = self._consumer.assignment()
+            for tp, pending in taken.items():
+                if now is None or now != pending.generation or tp not in assigned:
+                    raise PartitionLost(
+                        f"{tp.topic}[{tp.partition}] is no longer this consumer's (read in "
+                        f"generation {pending.generation}, now "
+                        f"{'out of the group' if now is None else f'generation {now}'})")
+        return fence
 
     async def _flush_taken(self, taken: dict[TopicPartition, _Pending], *, final: bool) -> None:
         started = time.monotonic()
         items = [item for p in taken.values() for item in p.items]
         dead = [d for p in taken.values() for d in p.dead]
+        fence = self._fence(taken)
         try:
-            refused = await self._write(items, final=final) if items else []
+            fence()
+            refused = await self._write(items, fence, final=final) if items else []
             dead += refused
             if dead:
+                fence()
                 await self._with_retry("send dead letters", self._send_dead, dead,
                                        final=final)
         except Stopping:
             log.warning("abandoning a batch of %d records uncommitted", len(items))
             raise
-        await self._commit({tp: p.last_offset + 1 for tp, p in taken.items()})
+        await self._commit({tp: p.last_offset + 1 for tp, p in taken.items()}, fence)
         written = len(items) - len(refused)
         self.metrics.written.inc(written)
         self.metrics.dead_lettered.inc(len(dead))
@@ -359,18 +429,19 @@ class ConsumerLoop:
                   written, len(dead), time.monotonic() - started)
         self._update_lag(taken)
 
-    async def _write(self, items: list[Item], *, final: bool) -> list[tuple[ConsumerRecord, str]]:
+    async def _write(self, items: list[Item], fence: Fence, *,
+                     final: bool) -> list[tuple[ConsumerRecord, str]]:
         """Write items; split a refused batch to find the records the store refuses."""
         try:
-            await self._with_retry("write", self.sink.write, items, final=final,
+            await self._with_retry("write", self.sink.write, items, fence, final=final,
                                    permanent=PermanentWriteError)
             return []
         except PermanentWriteError as e:
             if len(items) == 1:
                 return [(items[0].message, f"refused by {self.sink.name}: {e}")]
         middle = len(items) // 2
-        return (await self._write(items[:middle], final=final)
-                + await self._write(items[middle:], final=final))
+        return (await self._write(items[:middle], fence, final=final)
+                + await self._write(items[middle:], fence, final=final))
 
     async def _with_retry(self, what: str, fn, *args, final: bool = False,
                           permanent: type[Exception] | None = None) -> Any:
@@ -378,7 +449,7 @@ class ConsumerLoop:
         while True:
             try:
                 return await fn(*args)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, PartitionLost):
                 raise
             except Exception as e:
                 if permanent is not None and isinstance(e, permanent):
@@ -441,15 +512,22 @@ class ConsumerLoop:
             future.set_exception(e)
             return future
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
+    async def _commit(self, offsets: dict[TopicPartition, int], fence: Fence) -> None:
+        consumer = self._consumer
+        assert consumer is not None
         commit = {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
+
+        async def fenced_commit() -> None:
+            # Before every try: aiokafka sends a commit with the generation it is in at that
+            # moment, so a commit retried after this consumer rejoined the group would be
+            # taken for partitions that are now another's.
+            fence()
+            await consumer.commit(commit)
+
         try:
             # Kafka unreachable for a moment: retry, rather than go on past an uncommitted
-            # offset (a later batch would then start where no commit says, and the lake's
-            # deterministic names rely on every batch starting at a committed offset).
-            await self._with_retry("commit", self._consumer.commit, commit,
-                                   permanent=CommitFailedError)
+            # offset (a crash then would read again all that came after it).
+            await self._with_retry("commit", fenced_commit, permanent=CommitFailedError)
         except (CommitFailedError, Stopping) as e:
             # The group moved on (a rebalance): the new owner re-reads from the last commit,
             # and idempotent writes make the repeat harmless.

@@ -23,6 +23,10 @@ class SinkMetrics:
         self.retries = Counter(
             "tapline_sink_write_retries", "Writes retried after a transient error.", ["sink"],
             registry=self.registry).labels(**labels)
+        self.lost_batches = Counter(
+            "tapline_sink_lost_batches", "Batches dropped uncommitted because the group gave "
+            "their partitions to another member while they were written.", ["sink"],
+            registry=self.registry).labels(**labels)
         self.batch_seconds = Histogram(
             "tapline_sink_batch_seconds", "Time to write a batch and commit it.", ["sink"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

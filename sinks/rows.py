@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from capture import CaptureRecord, InvalidRecord, canonical_ip, decode_json, from_dict
+from capture.record import FINGERPRINT_PREFIX
 
 COLUMNS = (
     "time", "capture_id", "app", "client_ip", "client_port", "method", "scheme", "host",
@@ -187,10 +188,7 @@ def _principal(authorization: str | None, redacted: bool) -> str | None:
     if redacted:
         return authorization
     # Version 1 records say nothing of redaction; their fingerprints were the whole value.
-    return authorization if authorization.startswith(_V1_PREFIX) else None
-
-
-_V1_PREFIX = "hmac:"
+    return authorization if authorization.startswith(FINGERPRINT_PREFIX) else None
 
 
 def header(headers: list[list[str]], name: str) -> str | None:

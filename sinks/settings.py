@@ -1,6 +1,6 @@
 """The sinks' settings, read from the environment in this one place.
 
-The same names appear in the README's configuration table and in docker-compose.yml. Each
+The same names appear in docs/configuration.md's table and in docker-compose.yml. Each
 sink runs as its own process, so SINK_* settings apply to the sink of that process; their
 defaults differ by sink where the sinks want different things (the lake batches longer).
 """
@@ -11,7 +11,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config import EnvReader, GiB, KiB, MiB, SettingsError
+from config import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_TOPIC,
+    EnvReader,
+    GiB,
+    KiB,
+    MiB,
+    SettingsError,
+)
 from topics import max_record_bytes
 
 SINKS = ("timescale", "lake")
@@ -40,6 +49,8 @@ class LoopSettings:
     retry_max_backoff_s: float
     metrics_host: str
     metrics_port: int
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
 
     @classmethod
     def from_env(cls, sink: str, env: Mapping[str, str] | None = None) -> LoopSettings:
@@ -47,10 +58,21 @@ class LoopSettings:
             raise SettingsError(f"unknown sink {sink!r}: use one of {', '.join(SINKS)}")
         reader = EnvReader(os.environ if env is None else env)
         defaults = _DEFAULTS[sink]
-        topic = reader.text("CAPTURE_TOPIC", "http-captures")
+        topic = reader.text("CAPTURE_TOPIC", DEFAULT_TOPIC)
+        # Kafka's own bounds for a group member (the broker's group.min/max.session.timeout.ms
+        # defaults); the heartbeat must come well within the session.
+        session_ms = reader.integer("SINK_SESSION_TIMEOUT_MS", 10_000, minimum=6_000,
+                                    maximum=1_800_000)
+        heartbeat_ms = reader.integer("SINK_HEARTBEAT_INTERVAL_MS", 3_000, minimum=100,
+                                      maximum=600_000)
+        if heartbeat_ms * 3 > session_ms:
+            raise SettingsError(
+                f"SINK_HEARTBEAT_INTERVAL_MS={heartbeat_ms} must be at most a third of "
+                f"SINK_SESSION_TIMEOUT_MS={session_ms}")
         return cls(
             sink=sink,
-            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_bootstrap_servers=reader.text("KAFKA_BOOTSTRAP_SERVERS",
+                                                DEFAULT_BOOTSTRAP_SERVERS),
             topic=topic,
             group_id=reader.text("SINK_GROUP_ID", defaults["group"]),
             dlq_topic=reader.text("DLQ_TOPIC", f"{topic}.dlq"),
@@ -68,6 +90,8 @@ class LoopSettings:
                                               maximum=3600.0),
             metrics_host=reader.text("SINK_METRICS_HOST", "127.0.0.1"),
             metrics_port=reader.port("SINK_METRICS_PORT", defaults["metrics_port"], zero="off"),
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=heartbeat_ms,
         )
 
 
@@ -102,8 +126,7 @@ class TimescaleSettings:
                 "(policies take the schema's owner): with a writer role, apply them with "
                 "`python -m db policies` as the owner")
         return cls(
-            database_url=reader.text(
-                "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
+            database_url=reader.text("DATABASE_URL", DEFAULT_DATABASE_URL),
             body_max_bytes=reader.integer("TIMESCALE_BODY_MAX_BYTES", 64 * KiB, minimum=0,
                                           maximum=GiB),
             write_method=method,

@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord
 
 import db
 from capture import InvalidRecord
-from sinks.loop import Item, PermanentWriteError, Sink
+from sinks.loop import Fence, Item, PermanentWriteError, Sink, unfenced
 from sinks.rows import COLUMNS, row_of_json
 from sinks.settings import TimescaleSettings
 
@@ -68,7 +68,8 @@ class TimescaleSink(Sink):
             raise InvalidRecord("empty message")
         return row_of_json(message.value, self.settings.body_max_bytes)
 
-    async def write(self, items: Sequence[Item]) -> None:
+    async def write(self, items: Sequence[Item], fence: Fence = unfenced) -> None:
+        fence()  # a late write would be harmless here (ON CONFLICT DO NOTHING), a cheap check
         rows = [item.prepared for item in items]
         await asyncio.to_thread(self._write, rows)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import db
-from config import EnvReader
+from config import DEFAULT_TOPIC, EnvReader
 from stack.kafka import STACK_DIR, Kafka
 from stack.postgres import Postgres
 from stack.s3 import S3Server
@@ -83,7 +83,7 @@ class RunSettings:
             proxy_metrics_port=port("RUN_PROXY_METRICS_PORT", 9101),
             timescale_metrics_port=port("RUN_TIMESCALE_METRICS_PORT", 9102),
             lake_metrics_port=port("RUN_LAKE_METRICS_PORT", 9103),
-            topic=read.text("CAPTURE_TOPIC", "http-captures"),
+            topic=read.text("CAPTURE_TOPIC", DEFAULT_TOPIC),
             bucket=read.text("S3_BUCKET", "captures"),
         )
 
@@ -132,8 +132,8 @@ def program_env(env: Mapping[str, str], settings: Sequence[str],
     return {**chosen, **env}
 
 
-# Which of the shell's variables each kind of program takes: its own settings' names (README's
-# tables). Never DATABASE_URL, S3_* keys or AWS_*: the run sets what a sink needs itself.
+# Which of the shell's variables each kind of program takes: its own settings' names (docs/
+# configuration.md). Never DATABASE_URL, S3_* keys or AWS_*: the run sets what a sink needs itself.
 _CAPTURE_SETTINGS = ("CAPTURE_", "KAFKA_")
 _SINK_SETTINGS = (*_CAPTURE_SETTINGS, "SINK_", "DLQ_TOPIC", "LOG_LEVEL")
 PROXY_SETTINGS = (*_CAPTURE_SETTINGS, "PROXY_", "MALLOC_MMAP_THRESHOLD_")

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from capture import InvalidRecord, decode
+from config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DATABASE_URL, DEFAULT_TOPIC
 
 
 def summary_line(data: bytes) -> str:
@@ -289,8 +290,9 @@ def _parser() -> argparse.ArgumentParser:
         "tail", help="print captures as they arrive on the topic",
         description="Print captures as they arrive on the topic, one line each.")
     tail_cmd.add_argument("--bootstrap", default=os.environ.get(
-        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
-    tail_cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", "http-captures"),
+        "KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS),
+        help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
+    tail_cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", DEFAULT_TOPIC),
                           help="the capture topic (CAPTURE_TOPIC)")
     tail_cmd.add_argument("--from-beginning", action="store_true",
                           help="start at the oldest capture instead of the next one")
@@ -392,7 +394,7 @@ def add_report_command(commands) -> None:
     report.add_argument("--session-gap", default="30m",
                         help="a pause longer than this starts a new session (default 30m)")
     report.add_argument("--database", default=os.environ.get(
-        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tapline"),
+        "DATABASE_URL", DEFAULT_DATABASE_URL),
         help="the database (DATABASE_URL)")
     report.add_argument("--json", action="store_true", help="one JSON object, for machines")
 

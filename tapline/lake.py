@@ -3,8 +3,9 @@
 `query(settings, sql, scope)` runs `sql` with a view named `captures` over the lake: one row
 per capture, the record's fields as columns (`started_at`, `ended_at` as UTC timestamps;
 `request` and `response` as structs) plus `date`, `hour` and `ip` taken from the object's key
-and `filename`, the object. A `Scope` (date, hour, ip) narrows the objects DuckDB lists and
-reads to one prefix, which is what makes a question about one hour or one client cheap.
+and `filename`, the object; a record that two objects hold is one row. A `Scope` (date, hour,
+ip) narrows the objects DuckDB lists and reads to one prefix, which is what makes a question
+about one hour or one client cheap.
 
 DuckDB talks to S3 through its httpfs extension, loaded from the `duckdb-extension-httpfs`
 package (DuckDB cannot download extensions where only package registries are reachable).
@@ -145,17 +146,25 @@ def connect(settings: LakeSettings, scope: Scope = Scope()):
         _load_httpfs(con)
         con.execute(_secret_sql(settings))
         source = _source(con, settings, scope)
+        # One row per capture although a record may be in two objects (a crash between a
+        # write and its commit, a stalled sink's late PUT: docs/lake.md, "Exactly once"):
+        # the copy in the first object by name. Copies of a record always share date, hour
+        # and IP (the key is made from the record), so partitioning by them as well changes
+        # nothing, and lets DuckDB still apply filters on them to the file names.
         con.execute(f"""
             CREATE VIEW captures AS
-            SELECT id, app,
-                   timezone('UTC', started_at) AS started_at,
-                   timezone('UTC', ended_at) AS ended_at,
-                   duration_ms, client_ip, client_port, request, response, error, v,
-                   TRY_CAST(string_split(filename, '/')[-4] AS DATE) AS date,
-                   TRY_CAST(string_split(filename, '/')[-3] AS INTEGER) AS hour,
-                   string_split(filename, '/')[-2] AS ip,
-                   filename
-            FROM {source}""")
+            SELECT * FROM (
+                SELECT id, app,
+                       timezone('UTC', started_at) AS started_at,
+                       timezone('UTC', ended_at) AS ended_at,
+                       duration_ms, client_ip, client_port, request, response, error, v,
+                       TRY_CAST(string_split(filename, '/')[-4] AS DATE) AS date,
+                       TRY_CAST(string_split(filename, '/')[-3] AS INTEGER) AS hour,
+                       string_split(filename, '/')[-2] AS ip,
+                       filename
+                FROM {source})
+            QUALIFY row_number() OVER (PARTITION BY date, hour, ip, id ORDER BY filename) = 1
+            """)
     except BaseException:
         con.close()
         raise

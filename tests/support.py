@@ -83,6 +83,28 @@ def sample(samples: dict[str, float], name: str, **labels: str) -> float:
     return samples.get(key, 0.0)
 
 
+def accounted(metrics_url: str) -> tuple[float, float, dict[str, float]]:
+    """The proxy's accounting from its metrics: (captured + recovered, produced + dropped +
+    queued + spooled + in flight, the samples), once the two agree. The endpoint's thread
+    reads the counters while the proxy updates them, so one scrape can land between two
+    counters of one record; a few tries rule that out (proxy/backlog.py)."""
+    from proxy.metrics import DROP_REASONS
+
+    for _ in range(50):
+        s = scrape(metrics_url)
+        left = (sample(s, "tapline_proxy_captures_total")
+                + sample(s, "tapline_proxy_spool_recovered_total"))
+        right = (sample(s, "tapline_proxy_produced_total")
+                 + sum(sample(s, "tapline_proxy_dropped_total", reason=r) for r in DROP_REASONS)
+                 + sample(s, "tapline_proxy_queue_records")
+                 + sample(s, "tapline_proxy_spool_records")
+                 + sample(s, "tapline_proxy_in_flight_records"))
+        if left == right:
+            break
+        time.sleep(0.1)
+    return left, right, s
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """One sample from a Prometheus text endpoint (0 when absent)."""
     return sample(scrape(url), name, **labels)

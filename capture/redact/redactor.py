@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
+from capture.record import FINGERPRINT_PREFIX, REDACTED_MARKER
 from capture.redact.names import FINGERPRINT, MARK, URL_SECRETS, NameRules, fingerprint_class
 from capture.redact.text import (
     BudgetExceeded,
@@ -40,8 +41,8 @@ from capture.redact.text import (
     unescaped,
 )
 
-MARKER = "[redacted]"
-PREFIX = "hmac:"
+MARKER = REDACTED_MARKER
+PREFIX = FINGERPRINT_PREFIX
 
 # Headers whose value is a list of cookies: each value goes, the names stay.
 _COOKIE_HEADERS = frozenset(("cookie", "cookie2", "set-cookie", "set-cookie2"))

@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile say what the README and the code say.
+"""docker-compose.yml and the Dockerfile say what the docs and the code say.
 
 No Docker engine runs here, so nothing is started: the files are read as YAML, and then by
 Compose v2's own parser (`docker-compose config`, fetched by compose_binary.py). A machine that
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 PYPROJECT = ROOT / "pyproject.toml"
 
 PROJECT_IMAGE = "tapline:local"
@@ -56,7 +56,7 @@ def services(compose: dict) -> dict[str, dict]:
 
 
 def readme_settings() -> set[str]:
-    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", README.read_text(), re.MULTILINE))
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", CONFIGURATION.read_text(), re.MULTILINE))
 
 
 def short_ports(service: dict) -> list[tuple[str, int, int]]:
@@ -142,7 +142,7 @@ def test_project_services_use_only_documented_settings(services):
     assert {"PROXY_ROUTES", "DATABASE_URL"} <= documented  # the table was found
     for name in PROJECT_SERVICES | PROJECT_ONE_SHOT:
         unknown = set(services[name].get("environment", {})) - documented
-        assert not unknown, f"{name}: not in README.md's configuration table: {sorted(unknown)}"
+        assert not unknown, f"{name}: not in docs/configuration.md's table: {sorted(unknown)}"
 
 
 def test_only_the_intended_ports_are_published(services):

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +28,14 @@ from proxy.metrics import DROP_REASONS
 from tests.faults.load import Tally
 from tests.integration.conftest import Pipeline, start_pipeline
 from tests.sinks.conftest import SinkProcess
-from tests.sinks.lake_fixtures import TcpForwarder, committed, copy_group, lake_env, read_lake
+from tests.sinks.lake_fixtures import (
+    TcpForwarder,
+    committed,
+    copy_group,
+    lake_env,
+    lake_rows,
+    read_lake,
+)
 from tests.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
 
 SINKS = ("timescale", "lake")
@@ -84,12 +91,16 @@ def final_count(proxy_log: Path) -> dict[str, float]:
 
 @dataclass
 class Stores:
-    """Capture ids in each place, with how many times each is there."""
+    """Capture ids in each place, with how many times each is there: on the topic, rows in
+    the database, rows of the lake as its readers see it (the DuckDB view `captures`), and
+    copies in the lake's objects (a record can be in two after a crash or a stalled sink;
+    readers count it once)."""
 
     topic: Counter
     db: Counter
     lake: Counter
     started: dict[str, datetime]  # when each request on the topic began, by capture id
+    lake_objects: Counter = field(default_factory=Counter)
 
 
 def duplicates(ids: Counter) -> int:
@@ -160,7 +171,7 @@ class FullPipeline:
     """Apps, proxy, Kafka, both sinks and both stores, with a handle on each."""
 
     def __init__(self, pipeline: Pipeline, database: str, s3_url: str, bucket: str,
-                 forwarder: TcpForwarder) -> None:
+                 forwarder: TcpForwarder, lake_settings: dict[str, str] | None = None) -> None:
         self.pipeline = pipeline
         self.database = database
         self.s3_url = s3_url
@@ -171,7 +182,8 @@ class FullPipeline:
             "timescale": {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CAPTURE_TOPIC": topic,
                           "DATABASE_URL": database, "SINK_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
                           **SINK_ENV},
-            "lake": lake_env(bootstrap, topic, forwarder.url, bucket, **SINK_ENV, **LAKE_ENV),
+            "lake": lake_env(bootstrap, topic, forwarder.url, bucket,
+                             **(SINK_ENV | LAKE_ENV | (lake_settings or {}))),
         }
         self.sinks: dict[str, SinkProcess] = {}
         self.consumed = Counter()  # records read by the processes of each sink that are gone
@@ -188,6 +200,13 @@ class FullPipeline:
         for name in names:
             sink = self.sinks[name]
             wait_for_port(sink.metrics_port, sink.proc, sink.log, timeout=60)
+
+    def start_replica(self, key: str, of: str, **env: str) -> SinkProcess:
+        """Another process of sink `of`, in its consumer group, with these settings changed;
+        known as `key` (its metrics still say sink=`of`)."""
+        sink = SinkProcess(of, self.pipeline.workdir, self.envs[of] | env)
+        self.sinks[key] = sink.start()
+        return sink
 
     def wait_assigned(self, name: str) -> None:
         sink = self.sinks[name]
@@ -252,8 +271,9 @@ class FullPipeline:
         return Stores(
             topic=Counter(record.id for record in records),
             db=db_ids(self.database),
-            lake=read_lake(self.s3_url, self.bucket).ids(),
+            lake=lake_rows(self.s3_url, self.bucket),
             started={record.id: parse_time(record.started_at) for record in records},
+            lake_objects=read_lake(self.s3_url, self.bucket).ids(),
         )
 
     def stop_sinks(self) -> None:
@@ -264,15 +284,17 @@ class FullPipeline:
 
 @contextlib.contextmanager
 def full_pipeline(workdir: Path, bootstrap: str, database: str, s3_url: str, bucket: str,
-                  **proxy_env: str) -> Iterator[FullPipeline]:
+                  lake_settings: dict[str, str] | None = None,
+                  *, proxy_prefix: Sequence[str] = (), **proxy_env: str) -> Iterator[FullPipeline]:
     """Start everything, wait until both sinks hold the topic's partitions, stop it all after."""
     target = urlsplit(s3_url)
     forwarder = TcpForwarder(target.hostname, target.port)
     try:
-        with start_pipeline(workdir, bootstrap, **proxy_env) as pipeline:
+        with start_pipeline(workdir, bootstrap, proxy_prefix=proxy_prefix,
+                            **proxy_env) as pipeline:
             wait_until(lambda: topic_exists(bootstrap, pipeline.topic), timeout=60,
                        what=f"the proxy to create topic {pipeline.topic}")
-            full = FullPipeline(pipeline, database, s3_url, bucket, forwarder)
+            full = FullPipeline(pipeline, database, s3_url, bucket, forwarder, lake_settings)
             try:
                 full.start_sinks(*SINKS)
                 for name in SINKS:

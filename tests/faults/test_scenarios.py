@@ -33,7 +33,8 @@ from tests.faults.harness import (
     proxy_count,
 )
 from tests.faults.load import Load
-from tests.support import fresh_database, wait_until
+from tests.sinks.lake_fixtures import committed
+from tests.support import fresh_database, sample, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -47,6 +48,11 @@ KAFKA_OUTAGE_S = float(os.environ.get("TAPLINE_FAULT_KAFKA_OUTAGE_S", OUTAGE_S))
 QUEUE_BYTES = 512 << 10
 KILLS = 3  # SIGKILLs of each sink
 POSTGRES_DOWN_S = 5.0
+# The stalled lake sink: the group's shortest session (Kafka's minimum), which is also how long
+# a rebalance waits for a member; a stalled PUT must not time out on its own before it lands.
+STALL_ENV = {"SINK_SESSION_TIMEOUT_MS": "6000", "SINK_HEARTBEAT_INTERVAL_MS": "1000",
+             "S3_TIMEOUT_S": "60"}
+AFTER_TAKEOVER_S = 2.0  # the new owner at work before the stalled sink's PUTs land
 
 
 def test_kafka_down_and_back(own_kafka, database, s3, bucket, tmp_path, report):
@@ -129,6 +135,39 @@ def test_proxy_killed_while_kafka_is_down(own_kafka, database, s3, bucket, tmp_p
     assert sum(count.dropped.values()) == 0
 
 
+def test_kafka_down_and_the_spools_disk_full(own_kafka, database, s3, bucket, tmp_path,
+                                            report):
+    """The spool's disk refuses writes partway into the outage: the rest is dropped and
+    counted, clients notice nothing, what was spooled arrives. The disk is a file size limit
+    on the proxy (`prlimit --fsize`): the kernel refuses the growth (EFBIG) as a full disk
+    refuses a write (ENOSPC); one worker, whose files are its log and its spool."""
+    limit = 1536 << 10
+    with full_pipeline(tmp_path, own_kafka.bootstrap_servers, database, s3.endpoint_url, bucket,
+                       proxy_prefix=["prlimit", f"--fsize={limit}"], PROXY_WORKERS="1",
+                       CAPTURE_SPOOL_DIR=str(tmp_path / "spool")) as full:
+        with Load(full.pipeline, RATE) as load:
+            time.sleep(LEAD_S)
+            own_kafka.kill()
+            wait_until(lambda: proxy_count(full.metrics).dropped["spool_full"] > 0,
+                       timeout=120, interval=0.5, what="the spool's disk to refuse a write")
+            during = proxy_count(full.metrics)
+            time.sleep(TRAIL_S)
+            own_kafka.start()
+            time.sleep(TRAIL_S)
+        count = full.settle_proxy(timeout=120)
+        size = full.wait_caught_up()
+        stores = full.stores(size)
+        full.stop_sinks()
+    figures = Figures(f"kafka killed, the spool's disk full at {limit >> 10} KiB", load.tally(),
+                      count.captured, count.dropped, stores,
+                      [f"spooled when the disk refused {during.spooled}",
+                       f"duplicates on the topic {duplicates(stores.topic)}"])
+    report(figures.line())
+    check(figures)  # clients saw no error; every capture not dropped reached both stores
+    assert count.dropped["spool_full"] > 0
+    assert during.spooled > 0
+
+
 def spooled_ids(folder) -> set[str]:
     ids = set()
     for path in folder.glob("worker-*.sqlite"):
@@ -182,6 +221,7 @@ def test_sinks_killed_again_and_again(kafka, database, s3, bucket, tmp_path, rep
                       count.dropped, stores,
                       [f"read again after kills, at least: db {again['timescale']}, "
                        f"lake {again['lake']}",
+                       f"second copies in the lake's objects {duplicates(stores.lake_objects)}",
                        f"seed {seed}"])
     report(figures.line())
     check(figures)
@@ -267,3 +307,63 @@ def test_proxy_stopped(kafka, database, s3, bucket, tmp_path, report):
     assert before.in_flight + before.queued > 0  # the stop did find records to flush
     assert final["captured"] == final["produced"] + final["dropped"]
     assert len(stores.topic) == final["produced"]
+
+
+def test_a_stalled_lake_sink_loses_its_partitions_and_replaces_nothing(kafka, database, s3,
+                                                                        bucket, tmp_path, report):
+    # Two lake sinks in one group. The first one's S3 traffic is held, bytes and all, while a
+    # batch's PUTs are on the wire; the group gives its partitions to the second, which reads
+    # from the last commit, cuts its batches otherwise and commits; then the held PUTs land.
+    with full_pipeline(tmp_path, kafka.bootstrap_servers, database, s3.endpoint_url, bucket,
+                       lake_settings=STALL_ENV) as full:
+        group = full.envs["lake"]["SINK_GROUP_ID"]
+        bootstrap, topic = kafka.bootstrap_servers, full.pipeline.topic
+
+        def lake_committed() -> int:
+            return committed(bootstrap, group, topic)
+
+        def lost(key: str) -> int:
+            return int(sample(full.sinks[key].metrics(), "tapline_sink_lost_batches_total",
+                              sink="lake"))
+
+        with Load(full.pipeline, RATE) as load:
+            time.sleep(LEAD_S)
+            wait_until(lambda: full.written("lake") > 0, timeout=30, what="the lake sink to write")
+            full.forwarder.set("pause")
+            wait_until(lambda: full.forwarder.held > 0, timeout=30,
+                       what="a PUT of the lake sink held on its way to S3")
+            held_at = lake_committed()
+            stalled = time.monotonic()
+            # The second sink talks to S3 directly, and batches longer: another cut.
+            full.start_replica("lake-2", "lake", S3_ENDPOINT_URL=s3.endpoint_url,
+                               SINK_BATCH_MAX_AGE_MS="1500")
+            wait_until(lambda: lake_committed() > held_at, timeout=60, interval=0.2,
+                       what="the second lake sink to take over and commit")
+            took_over = time.monotonic() - stalled
+            time.sleep(AFTER_TAKEOVER_S)
+            over = lake_committed()
+            held = full.forwarder.held
+            full.forwarder.set("up")  # the held PUTs land now, over what the second committed
+            wait_until(lambda: lost("lake") > 0, timeout=60,
+                       what="the stalled sink to find its partitions gone")
+            time.sleep(TRAIL_S)
+        count = full.settle_proxy()
+        size = full.wait_caught_up()
+        dropped_batches = lost("lake")
+        stores = full.stores(size)
+        full.stop_sinks()
+    figures = Figures("a lake sink's S3 held until another took over", load.tally(),
+                      count.captured, count.dropped, stores,
+                      [f"taken over after {took_over:.1f} s",
+                       f"held request chunks {held}",
+                       f"batches dropped by the stalled sink {dropped_batches}",
+                       f"second copies in the lake's objects {duplicates(stores.lake_objects)}"])
+    report(figures.line())
+    check(figures)
+    assert sum(count.dropped.values()) == 0
+    # The held PUTs landed after the other sink had committed past the batch they belong to.
+    assert held > 0 and over > held_at
+    assert dropped_batches > 0
+    # And they did land, beside what the other sink committed (with names of the first offset
+    # only, over it): records of theirs are in two objects, and read once.
+    assert duplicates(stores.lake_objects) > 0

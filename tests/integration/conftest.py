@@ -6,7 +6,7 @@ import contextlib
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,8 +44,10 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def start_pipeline(workdir: Path, bootstrap: str, **proxy_env: str) -> Iterator[Pipeline]:
-    """Start app_b, app_a, an echo app and the proxy in front of all three; stop them after."""
+def start_pipeline(workdir: Path, bootstrap: str, *, proxy_prefix: Sequence[str] = (),
+                   **proxy_env: str) -> Iterator[Pipeline]:
+    """Start app_b, app_a, an echo app and the proxy in front of all three; stop them after.
+    `proxy_prefix` goes before the proxy's command (for example `prlimit --fsize=N`)."""
     ports = {name: free_port() for name in (
         "app_a", "app_b", "proxy_a", "proxy_b", "proxy_echo", "metrics")}
     topic = f"captures-{uuid.uuid4().hex[:8]}"
@@ -79,7 +81,7 @@ def start_pipeline(workdir: Path, bootstrap: str, **proxy_env: str) -> Iterator[
         "CAPTURE_REDACT_KEY": REDACT_KEY.decode(),
         **proxy_env,
     }
-    proxy = Process([python, "-m", "proxy"], workdir / "proxy.log", env).start(
+    proxy = Process([*proxy_prefix, python, "-m", "proxy"], workdir / "proxy.log", env).start(
         ports["proxy_a"], ports["proxy_b"], ports["proxy_echo"], ports["metrics"]
     )
     try:

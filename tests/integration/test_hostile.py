@@ -580,9 +580,10 @@ def test_forwarded_for_from_a_trusted_peer_is_used_and_validated(pipeline):
         assert record.client_ip == HOSTILE_FORWARDED_FOR[value], value
         # The real key function of the lake, on the real record: only a date, an hour and a
         # canonical address can come out of it.
-        key = object_key(key_prefix(record.started_at, record.client_ip), pipeline.topic, 0, 7)
+        key = object_key(key_prefix(record.started_at, record.client_ip), pipeline.topic, 0, 7,
+                         9)
         day, hour = record.started_at[:10], record.started_at[11:13]
-        assert key == f"{day}/{hour}/{record.client_ip}/{pipeline.topic}-0-7.jsonl.gz"
+        assert key == f"{day}/{hour}/{record.client_ip}/{pipeline.topic}-0-7-9.jsonl.gz"
         assert re.fullmatch(r"[0-9a-f.:]+", record.client_ip)
     assert_still_working(pipeline)
 

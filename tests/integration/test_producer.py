@@ -23,7 +23,7 @@ async def connected(settings: ProxySettings, metrics: ProxyMetrics) -> CapturePr
     """A started producer, once it has reached Kafka."""
     producer = CaptureProducer(settings, metrics)
     producer.start()
-    await asyncio.to_thread(wait_until, lambda: producer._kafka is not None, timeout=30,
+    await asyncio.to_thread(wait_until, lambda: producer.sender.kafka is not None, timeout=30,
                             what="the producer connected")
     return producer
 
@@ -118,7 +118,7 @@ def test_records_handed_to_kafka_count_against_the_queue_bound(kafka):
         producer = await connected(settings, metrics)
         assert producer.offer(b"k", b"x" * (60 << 10))
         await asyncio.sleep(0.3)  # taken into a batch, which lingers for 2 s
-        state = (producer.queued, producer.in_flight, producer._in_flight_bytes)
+        state = (producer.queued, producer.in_flight, producer.backlog.in_flight_bytes)
         refused = not producer.offer(b"k", b"y" * (60 << 10))
         summary = await producer.close(10.0)
         return state, refused, summary

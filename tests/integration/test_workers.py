@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,10 +21,10 @@ import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import make_server
 
-from proxy.metrics import DROP_REASONS
 from stack import free_port
 from tests.integration import echo_app
-from tests.support import Process, read_topic, sample, scrape, tail, wait_until
+from tests.support import Process, read_topic, sample, tail, wait_until
+from tests.support import accounted as proxy_accounted
 
 pytestmark = pytest.mark.integration
 
@@ -107,20 +106,7 @@ class Rig:
             return list(pool.map(lambda i: self.get(f"/echo/{marker}/{i}"), range(n)))
 
     def accounted(self) -> tuple[float, float, dict[str, float]]:
-        """(captured, produced + dropped + queued + in flight, the samples) once they agree
-        (a scrape can land between two counters of one record)."""
-        for _ in range(50):
-            s = scrape(self.metrics)
-            captured = sample(s, "tapline_proxy_captures_total")
-            rest = (sample(s, "tapline_proxy_produced_total")
-                    + sum(sample(s, "tapline_proxy_dropped_total", reason=r)
-                          for r in DROP_REASONS)
-                    + sample(s, "tapline_proxy_queue_records")
-                    + sample(s, "tapline_proxy_in_flight_records"))
-            if captured == rest:
-                break
-            time.sleep(0.1)
-        return captured, rest, s
+        return proxy_accounted(self.metrics)
 
     def close(self) -> int | None:
         code = self.proxy.stop(30)

@@ -18,18 +18,22 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
+from aiokafka.structs import ConsumerRecord
 
 from capture import CaptureRecord, decode
-from sinks.lake import LakeSettings, key_prefix
+from sinks.lake import LakeSettings, LakeSink, key_prefix, ndjson_gz, plan_objects
+from sinks.loop import Item
 from tapline import lake
 from tapline.cli import main
+from tests import factories
 from tests.integration.conftest import start_pipeline
 from tests.sinks.conftest import SinkProcess
-from tests.sinks.lake_fixtures import (  # noqa: F401 - fixture s3
+from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     KEYS,
     Lake,
     check_lake,
     client,
+    fresh_bucket,
     lake_env,
     read_lake,
     s3_service,
@@ -201,6 +205,47 @@ def test_ls_lists_the_objects_of_a_scope(monkeypatch, captured):
     assert sorted(e["key"] for e in listed) == sorted(
         key for key in captured.lake.objects if key.startswith(f"{date}/{hour:02d}/"))
     assert all(e["size"] > 20 for e in listed)
+
+
+def test_a_record_in_two_objects_is_one_row(s3, bucket, capsys):
+    # What a crash between a write and its commit, or a stalled sink's late PUT, leaves: the
+    # records of one partition cut into batches twice, differently, both sets of objects kept.
+    values = [value for _k, value in factories.encoded(300, clients=3, spread_s=3 * 3600)]
+    sink = LakeSink(LakeSettings.from_env({}))
+    items = []
+    for offset, value in enumerate(values):
+        message = ConsumerRecord("t", 0, offset, 0, 0, None, value, None, 0, len(value), [])
+        items.append(Item(message, sink.prepare(message)))
+    s3 = client(s3.endpoint_url)
+    for start, end in ((0, 120), (120, 300), (0, 170), (170, 260)):  # the last two: stale
+        for lake_object in plan_objects(items[start:end]):
+            s3.put_object(Bucket=bucket, Key=lake_object.key, Body=ndjson_gz(lake_object.lines))
+    stored = Counter(decode(line).id for line in read_lake(s3.meta.endpoint_url, bucket).lines)
+    assert len(stored) == 300 and sum(stored.values()) > 400  # many records twice
+    settings = LakeSettings.from_env({"S3_ENDPOINT_URL": s3.meta.endpoint_url,
+                                      "S3_BUCKET": bucket, **KEYS})
+    result = lake.query(settings, "SELECT id, count(*) FROM captures GROUP BY id")
+    assert sorted(result.rows) == sorted((str(i), 1) for i in stored)
+    # Filters on the key's columns still reach the file names (and spare the other objects).
+    hours = Counter(key_prefix(decode(v).started_at, decode(v).client_ip).split("/")[1]
+                    for v in values)
+    hour, n = hours.most_common(1)[0]
+    assert lake.query(settings, f"SELECT count(*) FROM captures WHERE hour = {int(hour)}"
+                      ).rows == [(n,)]
+    plan = lake.query(settings, f"EXPLAIN SELECT * FROM captures WHERE hour = {int(hour)}")
+    scanning = re.search(r"Scanning Files:[\s│]*(\d+)/(\d+)", plan.rows[0][1])
+    assert scanning and int(scanning.group(1)) < int(scanning.group(2)), plan.rows
+    # And the boto3 example of docs/lake.md prints each record of a client's hour once.
+    (code,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)
+    prefix = key_prefix(decode(values[0]).started_at, decode(values[0]).client_ip) + "/"
+    code = (code.replace("http://127.0.0.1:9000", s3.meta.endpoint_url)
+                .replace('"captures"', repr(bucket))
+                .replace('"2026-11-28/10/127.0.0.1/"', repr(prefix)))
+    exec(compile(code, str(DOC), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(line.encode() for line in printed) == sorted(
+        v for v in values
+        if key_prefix(decode(v).started_at, decode(v).client_ip) + "/" == prefix)
 
 
 def test_an_empty_scope_answers_with_no_rows(monkeypatch, captured):

@@ -31,7 +31,7 @@ def make_flow(port=5000, body=b"", status=200):
 
 
 def queued_records(addon):
-    return [decode(value) for _key, value, _t in addon.producer._queue]
+    return [decode(value) for _key, value, _t in addon.producer.backlog.queue]
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_key_is_the_client_ip(addon):
     flow.client_conn.peername = ("2001:db8::5", 1234, 0, 0)
     addon.response(flow)
     await asyncio.sleep(0)
-    key, _value, _t = addon.producer._queue[0]
+    key, _value, _t = addon.producer.backlog.queue[0]
     assert key == b"2001:db8::5"
 
 
@@ -64,9 +64,9 @@ async def test_the_record_is_built_after_the_hook_returns(addon):
     # mitmproxy sends the answer on right after the response hook; the capture work (record,
     # redaction, encoding) waits for the event loop's next turn, off the client's clock.
     addon.response(make_flow())
-    assert len(addon.producer._queue) == 0
+    assert len(addon.producer.backlog.queue) == 0
     await asyncio.sleep(0)
-    assert len(addon.producer._queue) == 1
+    assert len(addon.producer.backlog.queue) == 1
 
 
 def test_error_after_response_is_not_a_second_record(addon):
@@ -74,7 +74,7 @@ def test_error_after_response_is_not_a_second_record(addon):
     addon.response(flow)
     flow.error = tflow.terr("client disconnected")
     addon.error(flow)
-    assert len(addon.producer._queue) == 1
+    assert len(addon.producer.backlog.queue) == 1
 
 
 def test_failed_exchange_is_captured(addon):
@@ -107,11 +107,11 @@ def test_full_queue_drops_and_counts():
     with taddons.context(addon):
         for _ in range(60):
             addon.response(make_flow(body=b"y" * 1000))  # about 1.5 KB a record
-    queued = len(addon.producer._queue)
+    queued = len(addon.producer.backlog.queue)
     dropped = addon.metrics.value("tapline_proxy_dropped_total", reason="queue_full")
     assert queued >= 1 and dropped >= 1
     assert queued + dropped == 60
-    assert addon.producer._queued_bytes <= 65536
+    assert addon.producer.backlog.queued_bytes <= 65536
 
 
 def test_broken_flow_is_dropped_and_counted_not_raised(addon):

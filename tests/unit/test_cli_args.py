@@ -235,3 +235,11 @@ def test_known_mistakes_say_what_is_wrong(argv, says):
 def test_a_valid_command_line_is_checked_and_ready():
     args = tapline_cli.parse(["load", "--rate", "10", "--duration", "2m", "--clients", "3"])
     assert (args.duration_s, args.rate, args.clients) == (120.0, 10.0, 3)
+
+
+def test_a_blank_policy_interval_means_no_such_policy():
+    """compose passes an unset TIMESCALE_COMPRESS_AFTER as an empty argument."""
+    args = db_cli.parse(["policies", "--compress-after", "", "--retention", " "])
+    assert args.compress_after is None and args.retention is None
+    args = db_cli.parse(["policies", "--compress-after", "7 days"])
+    assert args.compress_after == "7 days" and args.retention is None

@@ -10,16 +10,12 @@ from mitmproxy.test import tflow, tutils
 
 from capture import decode, decode_body, encode
 from proxy.exchange import (
-    BodyTap,
     build_record,
     client_address,
-    frame_for_http1,
     parse_networks,
     parse_params,
-    tap_request,
-    tap_response,
-    unframe_empty,
 )
+from proxy.taps import BodyTap, frame_for_http1, tap_request, tap_response, unframe_empty
 
 CAP = 16
 
@@ -375,7 +371,7 @@ def test_the_quick_look_at_framing_decides_as_mitmproxys_rules(
         message.headers = http.Headers(list(headers))
         with pytest.MonkeyPatch.context() as patch:
             if not quick:
-                patch.setattr("proxy.exchange._plainly_small", lambda *a: False)
+                patch.setattr("proxy.taps._plainly_small", lambda *a: False)
             (tap_request if is_request else tap_response)(flow, CAP)
         return isinstance(message.stream, BodyTap)
 

@@ -1,6 +1,7 @@
 """The lake sink's pure parts: settings, keys (hostile client IPs), grouping and naming, gzip
-NDJSON, and a replay of random crash schedules that must end with every record in exactly one
-object. No service is needed: the S3 side is a dict."""
+NDJSON, a replay of random crash schedules and of a stalled writer whose PUTs land late, which
+must end with every record in the lake and read once by its id. No service is needed: the S3
+side is a dict."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ HOSTILE_IPS = [
     "127.0.0.1 ../", "..%2f..%2f", "?x=1", "#frag", "*", "**/*",
 ]
 KEY = re.compile(
-    r"\d{4}-\d{2}-\d{2}/\d{2}/(?:[0-9a-f.:]+|unknown)/[A-Za-z0-9._-]+-\d+-\d+\.jsonl\.gz")
+    r"\d{4}-\d{2}-\d{2}/\d{2}/(?:[0-9a-f.:]+|unknown)/[A-Za-z0-9._-]+-\d+-\d+-\d+\.jsonl\.gz")
 
 
 def message(value: bytes | None, offset: int = 0, partition: int = 0,
@@ -118,7 +119,7 @@ def test_ip_segment_is_the_canonical_address(text, segment):
 def test_hostile_client_ips_stay_inside_the_prefix(text):
     segment = ip_segment(text)
     assert re.fullmatch(r"[0-9a-f.:]+|unknown", segment)
-    key = object_key(key_prefix("2026-11-28T10:39:36.872260Z", text), "http-captures", 2, 17)
+    key = object_key(key_prefix("2026-11-28T10:39:36.872260Z", text), "http-captures", 2, 17, 20)
     assert KEY.fullmatch(key), key
     assert key.startswith("2026-11-28/10/")
     assert posixpath.normpath(key) == key
@@ -130,7 +131,7 @@ def test_random_garbage_never_escapes_the_prefix():
     alphabet = "./%\\:0123456789abcdefABCDEF\x00 \n\u2215\u2044\uff0e\uff0fxe"
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 45)))
-        key = object_key(key_prefix("2026-01-02T03:04:05Z", text), "t", 0, 0)
+        key = object_key(key_prefix("2026-01-02T03:04:05Z", text), "t", 0, 0, 0)
         assert KEY.fullmatch(key), (text, key)
 
 
@@ -151,7 +152,7 @@ def test_a_time_without_a_utc_date_is_invalid(started_at):
 @pytest.mark.parametrize("topic", ["", ".", "..", "a/b", "../x", "t\x00", "ü", "x" * 250])
 def test_object_key_refuses_what_kafka_would_not_call_a_topic(topic):
     with pytest.raises(ValueError, match="topic"):
-        object_key("2026-11-28/10/1.2.3.4", topic, 0, 0)
+        object_key("2026-11-28/10/1.2.3.4", topic, 0, 0, 0)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -197,11 +198,16 @@ def test_a_batch_becomes_one_object_per_partition_date_hour_and_ip():
     items = [item(b, 40), item(a1, 41), item(late, 42), item(a2, 43), item(a1, 7, partition=1)]
     planned = {o.key: o.lines for o in plan_objects(items)}
     assert planned == {
-        "2026-11-28/10/10.0.0.2/http-captures-0-40.jsonl.gz": [b],
-        "2026-11-28/10/10.0.0.1/http-captures-0-41.jsonl.gz": [a1, a2],
-        "2026-11-28/11/10.0.0.1/http-captures-0-42.jsonl.gz": [late],
-        "2026-11-28/10/10.0.0.1/http-captures-1-7.jsonl.gz": [a1],
+        "2026-11-28/10/10.0.0.2/http-captures-0-40-40.jsonl.gz": [b],
+        "2026-11-28/10/10.0.0.1/http-captures-0-41-43.jsonl.gz": [a1, a2],
+        "2026-11-28/11/10.0.0.1/http-captures-0-42-42.jsonl.gz": [late],
+        "2026-11-28/10/10.0.0.1/http-captures-1-7-7.jsonl.gz": [a1],
     }
+
+
+def test_an_object_key_needs_a_range_of_offsets():
+    with pytest.raises(ValueError, match="not a range"):
+        object_key("2026-11-28/10/1.2.3.4", "t", 0, 8, 7)
 
 
 def test_ndjson_gz_is_one_original_line_per_record_and_deterministic():
@@ -213,7 +219,48 @@ def test_ndjson_gz_is_one_original_line_per_record_and_deterministic():
     assert len(body) < sum(map(len, lines)) / 5
 
 
-# --- exactly once across crashes -------------------------------------------------------------
+# --- every record, read once, across crashes and stalled writers ---------------------------
+
+
+def partition_log(rng: random.Random, n: int, poison: float = 0.03) -> list[Item]:
+    """One partition of `n` records from 4 clients over 3 hours; some poison (prepared None)."""
+    log = []
+    for offset in range(n):
+        value = record_bytes(id=f"r{offset}", client_ip=f"10.0.0.{rng.randint(1, 4)}",
+                             started_at=f"2026-11-28T{rng.randint(10, 12)}:00:00Z")
+        msg = message(value, offset)
+        log.append(Item(msg, SINK.prepare(msg)) if rng.random() > poison else Item(msg, None))
+    return log
+
+
+def batch(log: list[Item], start: int, end: int) -> list[Item]:
+    return [i for i in log[start:end] if i.prepared is not None]  # poison: DLQ
+
+
+def put(store: dict[str, list[bytes]], objects) -> None:
+    for lake_object in objects:
+        store[lake_object.key] = list(lake_object.lines)
+
+
+def read_once(store: dict[str, list[bytes]]) -> list[str]:
+    """The ids a reader counts: each capture once, as the DuckDB view `captures` does."""
+    return sorted({orjson.loads(line)["id"] for lines in store.values() for line in lines})
+
+
+def wanted(log: list[Item]) -> list[str]:
+    return sorted(orjson.loads(i.message.value)["id"] for i in log if i.prepared is not None)
+
+
+def check_objects(store: dict[str, list[bytes]]) -> None:
+    """Each object: its group's records, in offset order, from the first offset its name
+    says to the last."""
+    for key, lines in store.items():
+        assert all(key.startswith(key_prefix(orjson.loads(line)["started_at"],
+                                             orjson.loads(line)["client_ip"]) + "/")
+                   for line in lines)
+        offsets = [int(orjson.loads(line)["id"][1:]) for line in lines]
+        assert offsets == sorted(offsets)
+        assert key.endswith(f"-0-{offsets[0]}-{offsets[-1]}.jsonl.gz"), key
 
 
 def replay(log: list[Item], rng: random.Random, store: dict[str, list[bytes]]) -> int:
@@ -223,44 +270,84 @@ def replay(log: list[Item], rng: random.Random, store: dict[str, list[bytes]]) -
     committed, crashes = 0, 0
     while committed < len(log):
         end = min(len(log), committed + rng.randint(1, 40))
-        batch = [i for i in log[committed:end] if i.prepared is not None]  # poison: DLQ
-        objects = plan_objects(batch)
+        objects = plan_objects(batch(log, committed, end))
         rng.shuffle(objects)  # PUTs finish in any order
         if rng.random() < 0.35 or not crashes:  # crash: some PUTs done, no commit
             crashes += 1
-            for lake_object in objects[:rng.randint(0, len(objects))]:
-                store[lake_object.key] = list(lake_object.lines)
+            put(store, objects[:rng.randint(0, len(objects))])
             continue
-        for lake_object in objects:
-            store[lake_object.key] = list(lake_object.lines)
+        put(store, objects)
         committed = end
     return crashes
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_any_crash_schedule_ends_exactly_once(seed):
+def test_any_crash_schedule_keeps_every_record_and_reads_it_once(seed):
     rng = random.Random(seed)
-    log = []
-    for offset in range(rng.randint(50, 400)):
-        ip = f"10.0.0.{rng.randint(1, 4)}"
-        hour = rng.randint(10, 12)
-        value = record_bytes(id=f"r{offset}", client_ip=ip,
-                             started_at=f"2026-11-28T{hour}:00:00Z")
-        msg = message(value, offset)
-        log.append(Item(msg, SINK.prepare(msg)) if rng.random() > 0.03 else Item(msg, None))
+    log = partition_log(rng, rng.randint(50, 400))
     store: dict[str, list[bytes]] = {}
-    crashes = replay(log, rng, store)
-    assert crashes > 0
-    ids = [orjson.loads(line)["id"] for lines in store.values() for line in lines]
-    expected = [i.message.value for i in log if i.prepared is not None]
-    assert sorted(ids) == sorted(orjson.loads(v)["id"] for v in expected)
-    assert len(ids) == len(set(ids))
-    for key, lines in store.items():  # each object: its group's records, in offset order
-        assert all(key.startswith(key_prefix(orjson.loads(line)["started_at"],
-                                             orjson.loads(line)["client_ip"]) + "/")
-                   for line in lines)
-        offsets = [int(orjson.loads(line)["id"][1:]) for line in lines]
-        assert offsets == sorted(offsets) and key.endswith(f"-0-{offsets[0]}.jsonl.gz")
+    assert replay(log, rng, store) > 0
+    assert read_once(store) == wanted(log)
+    check_objects(store)
+
+
+def stalled_writer(log: list[Item], rng: random.Random, store: dict[str, list[bytes]],
+                   naming) -> None:
+    """Two sinks of one group on one partition. Sink A cuts a batch from the last commit and
+    sends its PUTs; they hang. The group gives the partition to sink B, which reads from the
+    same commit, cuts its batches otherwise (longer) and writes and commits to the end. Then
+    A's PUTs land: whatever A checks, these were in flight already. `naming` maps planned
+    objects to the keys they are PUT under."""
+    committed = 0
+    while committed < len(log):  # A at work, until its PUTs hang
+        end = min(len(log), committed + rng.randint(20, 60))
+        if rng.random() < 0.3:
+            break
+        put(store, naming(plan_objects(batch(log, committed, end))))
+        committed = end
+    in_flight = naming(plan_objects(batch(log, committed, end)))
+    while committed < len(log):  # B, from the last commit
+        end = min(len(log), committed + rng.randint(60, 400))
+        put(store, naming(plan_objects(batch(log, committed, end))))
+        committed = end
+    put(store, in_flight)  # A's late PUTs land
+
+
+def first_offset_names(objects):
+    """The names before: `<topic>-<partition>-<first offset>`, dropping the last offset."""
+    for lake_object in objects:
+        head, _, tail = lake_object.key.rpartition("-")
+        lake_object.key = head + tail[tail.index("."):]
+    return objects
+
+
+def test_a_stalled_writer_lost_records_when_names_held_the_first_offset_only():
+    # The simulation of issue 16: with the old names, A's late, shorter objects replace B's.
+    rng = random.Random(16)
+    log = partition_log(rng, 5000, poison=0.0)
+    store: dict[str, list[bytes]] = {}
+    stalled_writer(log, rng, store, first_offset_names)
+    assert len(read_once(store)) < 5000
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_stalled_writer_cannot_replace_what_another_committed(seed):
+    rng = random.Random(seed)
+    log = partition_log(rng, rng.randint(200, 2000))
+    store: dict[str, list[bytes]] = {}
+    stalled_writer(log, rng, store, lambda objects: objects)
+    assert read_once(store) == wanted(log)
+    check_objects(store)
+
+
+def test_a_name_always_holds_the_same_lines_whatever_the_cut():
+    rng = random.Random(7)
+    log = partition_log(rng, 600)
+    seen: dict[str, list[bytes]] = {}
+    for _ in range(2000):
+        start = rng.randrange(len(log))
+        for lake_object in plan_objects(batch(log, start, start + rng.randint(1, 200))):
+            assert seen.setdefault(lake_object.key, lake_object.lines) == lake_object.lines
 
 
 # --- write, with a fake S3 -------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proxy.kafka_logs import RepeatFilter
 from proxy.metrics import ProxyMetrics
-from proxy.producer import CaptureProducer, RepeatFilter
+from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings
 
 
@@ -16,7 +17,7 @@ def record(msg: str, *args) -> logging.LogRecord:
 
 def test_a_repeated_message_shows_once_per_interval_then_says_how_many(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("proxy.producer.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("proxy.kafka_logs.time.monotonic", lambda: now[0])
     repeat = RepeatFilter(interval_s=30.0)
     shown = [repeat.filter(record("Unable connect to %r: %r", "node", n)) for n in range(50)]
     assert shown == [True] + [False] * 49
@@ -70,11 +71,11 @@ def test_a_batch_refused_with_an_unexpected_error_is_counted_not_lost():
     producer = CaptureProducer(settings, metrics)
     assert producer.offer(b"k", b"one") and producer.offer(b"k", b"two")
     client = _RefusingClient()
-    (batch,) = producer._take(client, [0]).values()
+    (batch,) = producer.backlog.take(client, [0]).values()
     assert (producer.queued, producer.in_flight) == (0, 2)
 
     async def send():
-        await producer._send(client, "topic", 0, batch)
+        await producer.sender.send(client, "topic", 0, batch)
 
     try:
         asyncio.run(send())
@@ -82,5 +83,5 @@ def test_a_batch_refused_with_an_unexpected_error_is_counted_not_lost():
         pass
     else:
         raise AssertionError("the error should reach the producer task, which reconnects")
-    assert producer.in_flight == 0 and producer._in_flight_bytes == 0
+    assert producer.in_flight == 0 and producer.backlog.in_flight_bytes == 0
     assert metrics.value("tapline_proxy_dropped_total", reason="kafka_error") == 2

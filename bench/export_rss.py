@@ -58,8 +58,8 @@ def fill(endpoint: str, bucket: str, records: int, clients: int) -> tuple[int, i
             record = orjson.loads(value)
             groups[key_prefix(record["started_at"], record["client_ip"])].append(value)
             raw += len(value) + 1
-        puts = [(object_key(prefix, "http-captures", 0, first), gzip.compress(
-            b"\n".join(lines) + b"\n", 1)) for prefix, lines in groups.items()]
+        puts = [(object_key(prefix, "http-captures", 0, first, first + len(lines) - 1),
+                 gzip.compress(b"\n".join(lines) + b"\n", 1)) for prefix, lines in groups.items()]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), puts))
         objects += len(puts)

@@ -3,15 +3,10 @@ export` work on.
 
 From the lake: the objects of a `Scope` (date, hour, IP), listed under its prefix and read
 whole, one object at a time (a few fetched ahead), each record kept as the bytes the lake
-holds. A `where` clause is DuckDB SQL on the view `captures` (tapline/lake.py): it is run once
-for the ids it selects, and the objects are then read for those records. Nothing holds more
-than a few objects and the set of selected ids, so a day of traffic streams.
-
-From TimescaleDB (export's `--database`): the rows of http_requests in the scope's time range,
-through a server-side cursor; `where` is then SQL on the table's columns.
-
-From Kafka (replay's `--from`/`--to`): the capture topic between two times or offsets, each
-partition read from where the start lies up to where the end lies.
+holds, and given once (a record that two objects hold, as the view `captures` has it). A
+`where` clause is DuckDB SQL on the view `captures` (tapline/lake.py): it is run once for the
+ids it selects, and the objects are then read for those records. Nothing holds more than a
+few objects and the ids of the selection and of one prefix, so a day of traffic streams.
 """
 
 from __future__ import annotations
@@ -46,12 +41,16 @@ class Selection:
 
 
 def _key_order(key: str) -> tuple:
-    """Objects in the order the sink wrote them: by prefix, then partition and first offset
-    as numbers (`-0-100` after `-0-99`)."""
+    """Objects in the order the sink wrote them: by prefix, then topic, partition and offsets
+    as numbers (`-0-100-199` after `-0-99-99`)."""
     prefix, _, name = key.rpartition("/")
-    match = re.search(r"-(\d+)-(\d+)\.jsonl\.gz$", name)
-    numbers = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    return prefix, name[:match.start()] if match else name, numbers
+    match = _NUMBERS.search(name)
+    if match is None:
+        return prefix, name, ()
+    return prefix, name[:match.start()], tuple(int(n) for n in match.group(0)[1:].split("-"))
+
+
+_NUMBERS = re.compile(r"(?:-\d+)+(?=\.jsonl\.gz$)")
 
 
 def selected_ids(settings: LakeSettings, selection: Selection) -> set[str] | None:
@@ -83,19 +82,30 @@ def lake_records(settings: LakeSettings, selection: Selection,
                                        f"{key}: {e}") from None
 
     given = 0
+    # A record may be in two objects (a crash between a write and its commit: docs/lake.md);
+    # its copies share the prefix, so the ids seen are kept for one prefix at a time.
+    seen: set[str] = set()
+    prefix = None
     with ThreadPoolExecutor(ahead) as pool:
         pending = [pool.submit(fetch, e.key) for e in entries[:ahead]]
         index = len(pending)
-        while pending:
+        for entry in entries:
             data = pending.pop(0).result()
             if index < len(entries):
                 pending.append(pool.submit(fetch, entries[index].key))
                 index += 1
+            if entry.key.rpartition("/")[0] != prefix:
+                prefix, seen = entry.key.rpartition("/")[0], set()
             for line in data.split(b"\n"):
                 if not line:
                     continue
-                if ids is not None and _record_id(line) not in ids:
+                capture_id = _record_id(line)
+                if ids is not None and capture_id not in ids:
                     continue
+                if capture_id is not None:
+                    if capture_id in seen:
+                        continue
+                    seen.add(capture_id)
                 yield line
                 given += 1
                 if selection.limit is not None and given >= selection.limit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -144,6 +145,19 @@ def validate(args: argparse.Namespace) -> None:
         check_database(args.database)
     elif args.command == "load":
         _validate_load(args)
+    elif args.command == "export":
+        _validate_selection(args)
+        if not args.har:
+            raise UsageError("export: say which format: --har (HAR 1.2, the only one so far)")
+        if args.output != "-" and not args.output.strip():
+            raise UsageError("--output: give a file name, or - for standard output")
+        if args.database is not None:
+            check_database(args.database)
+    elif args.command == "replay":
+        from tapline.replay import validate_replay
+
+        _validate_selection(args)
+        validate_replay(args)
 
 
 def check_bootstrap(text: str) -> None:
@@ -186,6 +200,34 @@ def _validate_lake(args: argparse.Namespace) -> None:
         raise UsageError(str(e)) from None
 
 
+def _validate_selection(args: argparse.Namespace) -> None:
+    """The selectors `replay` and `export` share: where the captures come from and which."""
+    from tapline.captures import Bound, Selection
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: use a whole number of 1 or more")
+    if args.where is not None and not args.where.strip():
+        raise UsageError("--where: give a condition on the view captures, e.g. "
+                         "\"response.status_code >= 500\"")
+    kafka = getattr(args, "from_", None) is not None or getattr(args, "to", None) is not None
+    if kafka:
+        if args.date or args.hour or args.ip or args.where:
+            raise UsageError("--from/--to read the Kafka topic; --date, --hour, --ip and "
+                             "--where select in the lake: use one or the other")
+        check_bootstrap(args.bootstrap)
+        if not _TOPIC.fullmatch(args.topic) or args.topic in (".", ".."):
+            raise UsageError(f"--topic {shown(args.topic)} is not a Kafka topic name "
+                             "(letters, digits, . _ -, at most 249)")
+        try:
+            args.start = None if args.from_ is None else Bound.parse(args.from_, "--from")
+            args.end = None if args.to is None else Bound.parse(args.to, "--to")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    args.source = "kafka" if kafka else "lake"
+    _validate_lake(args)
+    args.selection = Selection(args.scope, args.where, args.limit)
+
+
 def _validate_load(args: argparse.Namespace) -> None:
     from tapline.report import ReportError, parse_duration
 
@@ -222,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lake_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "export":
+        return export_command(args)
+    if args.command == "replay":
+        from tapline.replay import replay_command
+
+        return replay_command(args)
     # Kafka errors are reported in one line below; the client's own log would repeat them.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
@@ -253,6 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     add_lake_commands(commands)
     add_report_command(commands)
     add_load_command(commands)
+    add_replay_command(commands)
+    add_export_command(commands)
     return parser
 
 
@@ -408,6 +458,105 @@ def load_command(args: argparse.Namespace) -> int:
         print(f"sent {tally.sent} requests from {len(tally.by_client)} clients")
         print(text_table(["status", "sent"], summary_rows(tally)))
     return 0 if tally.failures == 0 else 1
+
+
+# --- tapline replay and tapline export -------------------------------------------------------
+
+
+def add_selectors(cmd, *, kafka: bool) -> None:
+    """Which captures: the lake's date, hour, IP and a DuckDB condition (or, for replay, the
+    Kafka topic between two times or offsets), and how many."""
+    cmd.add_argument("--date", help="only this day (YYYY-MM-DD, UTC)")
+    cmd.add_argument("--hour", help="only this hour of the day (0-23, UTC)")
+    cmd.add_argument("--ip", help="only this client IP (or `unknown`)")
+    cmd.add_argument("--where", help="only captures for which this DuckDB condition on the "
+                                     "view `captures` holds, e.g. \"request.method = 'POST'\"")
+    cmd.add_argument("--bucket", help="the lake's bucket (default: S3_BUCKET, else captures)")
+    cmd.add_argument("--limit", type=int, help="at most this many captures")
+    if kafka:
+        cmd.add_argument("--from", dest="from_", metavar="FROM",
+                         help="read the Kafka topic instead of the lake, from this time "
+                              "(2026-11-28T10:00:00Z, UTC) or offset (in every partition)")
+        cmd.add_argument("--to", help="read the Kafka topic up to this time or offset "
+                                      "(excluded); default: its end")
+        cmd.add_argument("--bootstrap", default=os.environ.get(
+            "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), help="Kafka (KAFKA_BOOTSTRAP_SERVERS)")
+        cmd.add_argument("--topic", default=os.environ.get("CAPTURE_TOPIC", "http-captures"),
+                         help="the capture topic (CAPTURE_TOPIC)")
+
+
+def add_replay_command(commands) -> None:
+    from tapline.replay import add_options
+
+    replay = commands.add_parser(
+        "replay", help="send captured requests again, to a service, and compare the answers",
+        description="Send the selected captures' requests again, to a base URL per app "
+                    "(--target), with the original timing (or --speed, --rate), and compare "
+                    "each answer with the original: statuses, the pairs that changed per "
+                    "endpoint, latency. Exit 0, or 3 with --fail-on-diff when a status "
+                    "changed; 1 when the replay cannot run, 2 for a bad command line.")
+    add_selectors(replay, kafka=True)
+    add_options(replay)
+
+
+def add_export_command(commands) -> None:
+    export = commands.add_parser(
+        "export", help="captures as a HAR 1.2 file, for devtools, Postman, Insomnia",
+        description="Write the selected captures as HAR 1.2 (one entry per exchange, bodies "
+                    "included as captured, redacted values as stored), streamed: a day of "
+                    "traffic needs no more memory than a few lake objects. Where the lake is "
+                    "comes from S3_ENDPOINT_URL, S3_BUCKET and the S3 keys, as for `lake`.")
+    export.add_argument("--har", action="store_true", help="HAR 1.2 (the format)")
+    export.add_argument("--database", help="read TimescaleDB's http_requests instead of the "
+                                           "lake (a PostgreSQL URL; --where is then SQL on its "
+                                           "columns, and bodies are as the table cut them)")
+    export.add_argument("-o", "--output", default="-",
+                        help="the file to write (default -, standard output); written whole "
+                             "or not at all")
+    add_selectors(export, kafka=False)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from tapline.captures import NoCaptures, db_records, lake_records
+    from tapline.har import write_har
+    from tapline.lake import LakeError
+
+    if args.database is not None:
+        records = db_records(args.database, args.selection)
+    else:
+        records = lake_records(args.settings, args.selection)
+    partial = None
+    try:
+        if args.output == "-":
+            written, skipped = write_har(records, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            partial = f"{args.output}.partial-{os.getpid()}"
+            with open(partial, "wb") as out:
+                written, skipped = write_har(records, out)
+            if not written:
+                raise NoCaptures("no captures match the selection")
+            os.replace(partial, args.output)
+            partial = None
+    except LakeError as e:
+        print(f"tapline: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"tapline: --output {shown(args.output)}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+    if skipped:
+        print(f"tapline: {skipped} lake lines are not capture records and were left out",
+              file=sys.stderr)
+    if not written:
+        print("tapline: no captures match the selection", file=sys.stderr)
+        return 1
+    if args.output != "-":
+        print(f"wrote {written} entries to {args.output}", file=sys.stderr)
+    return 0
 
 
 def entry() -> int:

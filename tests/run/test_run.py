@@ -22,6 +22,7 @@ import requests
 
 from stack import free_ports
 from stack.service import port_open
+from tests.run.replay_checks import check_replay_and_export
 from tests.support import REPO_ROOT, wait_until
 from topics import partitions
 
@@ -169,6 +170,7 @@ def test_make_run_end_to_end_and_ctrl_c_leaves_nothing(tmp_path):
         with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):
             as_sink.list_objects_v2(Bucket=settings["S3_BUCKET"])
         assert len(children) >= 8  # kafka, postgres, s3, 2 sinks, 2 apps, proxy (and workers)
+        check_replay_and_export(settings, ports, tmp_path)
     finally:
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         code = run.wait(120)

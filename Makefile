@@ -37,8 +37,10 @@ load: $(STAMP)
 	ab -q -m POST -H "Authorization: mytoken" -n 500 -c 4 $(APP_A)/jobs | grep -E "Complete|Failed|Non-2xx|Requests per"
 	$(BIN)/tapline load --app-a $(APP_A) --app-b $(APP_B) --duration 20s
 
+# Two test files at a time: most of the suite waits on real services (brokers starting, faults
+# lasting, batches ageing), not on the CPU. Each file stays on one worker (its fixtures).
 test: fetch
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The fault scenarios alone (also part of `make test`): the whole pipeline under load while
 # Kafka, a sink, PostgreSQL, S3 or the proxy fails, one line of figures each at the end

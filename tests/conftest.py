@@ -5,6 +5,9 @@ A test that needs a service and cannot start it fails (the launcher raises); it 
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from stack import Kafka, TimescaleLite, kafka_from_env, postgres_from_env
@@ -45,3 +48,29 @@ def timescale(tmp_path_factory):
     service.start()
     yield service
     service.close()
+
+
+# The fault scenarios' lines of figures (tests/faults), gathered in one file across
+# pytest-xdist's workers (make test runs two) and printed by the process that writes the
+# summary. Made before the workers start, which inherit the variable.
+FAULT_LINES_FILE = "TAPLINE_FAULT_LINES_FILE"
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):
+        fd, path = tempfile.mkstemp(prefix="tapline-fault-lines-", suffix=".txt")
+        os.close(fd)
+        os.environ[FAULT_LINES_FILE] = path
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    path = os.environ.get(FAULT_LINES_FILE)
+    if hasattr(config, "workerinput") or not path or not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as found:
+        lines = [line.rstrip("\n") for line in found if line.strip()]
+    os.unlink(path)
+    if lines:
+        terminalreporter.section("fault scenarios")
+        for line in lines:
+            terminalreporter.write_line(line)

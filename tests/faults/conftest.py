@@ -1,18 +1,19 @@
 """Fault scenarios on the whole pipeline: the services they share, and their summary.
 
 Each scenario reports one line of figures; pytest captures what tests print, so the lines are
-kept in the run's stash and printed at the end, in a section of their own ("fault
-scenarios"), whatever else the run prints.
+written to a file that tests/conftest.py prints at the end, in a section of their own
+("fault scenarios"), whatever else the run prints, also from pytest-xdist's workers.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests.conftest import FAULT_LINES_FILE
 from tests.sinks.lake_fixtures import fresh_bucket, s3_service  # noqa: F401 - fixtures
 from tests.support import fresh_database
-
-LINES = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture
@@ -22,15 +23,12 @@ def database(postgres) -> str:
 
 
 @pytest.fixture
-def report(request):
-    """report(line): add a scenario's line to the run's summary."""
-    lines = request.config.stash.setdefault(LINES, [])
-    return lines.append
+def report():
+    """report(line): add a scenario's line to the run's summary (tests/conftest.py)."""
+    path = os.environ[FAULT_LINES_FILE]
 
+    def add(line: str) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
 
-def pytest_terminal_summary(terminalreporter, config) -> None:
-    lines = config.stash.get(LINES, [])
-    if lines:
-        terminalreporter.section("fault scenarios")
-        for line in lines:
-            terminalreporter.write_line(line)
+    return add

@@ -39,6 +39,11 @@ from tests.sinks.lake_fixtures import (
 from tests.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
 
 SINKS = ("timescale", "lake")
+# The scenarios' shape (tests/faults/test_*.py).
+OUTAGE_S = 30.0  # how long Kafka, and S3, stay unreachable
+RATE = 60.0  # requests a second, from 4 clients in all
+LEAD_S = 3.0  # load before the fault
+TRAIL_S = 3.0  # load after the part is back
 # Short backoffs and timeouts, so that a sink notices a store's return within a second or two.
 SINK_ENV = {"SINK_RETRY_MAX_BACKOFF_S": "1"}
 LAKE_ENV = {"SINK_BATCH_MAX_AGE_MS": "500", "S3_TIMEOUT_S": "2"}

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 from stack.cache import fetched_once
-from stack.errors import StackError, StartupFailed, ToolMissing
-from stack.timescale import find_node
+from stack.errors import StackError
+from stack.timescale import find_node, npm_install
 
 HAR_DIR = Path(__file__).resolve().parent / "har"
 PACKAGE_JSON = HAR_DIR / "package.json"
@@ -30,18 +30,7 @@ def har_validator(cache: Path | None = None, timeout_s: float = 600.0) -> Path:
 
     def fill(folder: Path) -> None:
         find_node()
-        npm = shutil.which("npm")
-        if npm is None:
-            raise ToolMissing("npm is needed to install har-validator but is not on PATH")
-        shutil.copy2(PACKAGE_JSON, folder / "package.json")
-        command = [npm, "install", "--no-package-lock", "--no-audit", "--no-fund",
-                   "--loglevel=error"]
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                              timeout=timeout_s)
-        if done.returncode != 0:
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-            raise StartupFailed(f"npm could not install har-validator ({' '.join(command)} "
-                                f"in {folder}):\n{tail}")
+        npm_install(folder, PACKAGE_JSON, "har-validator", timeout_s)
 
     folder = fetched_once("har-validator", PACKAGE_JSON, fill, cache)
     target = folder / SCRIPT.name

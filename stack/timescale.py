@@ -47,6 +47,20 @@ def find_node() -> Path:
     return Path(found)
 
 
+def npm_install(folder: Path, package_json: Path, what: str, timeout_s: float) -> None:
+    """`npm install` of `package_json`'s pinned packages into `folder` (no lock file, no
+    audit): the tests' tools from npm (PGlite, har-validator). `what` names them in errors."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ToolMissing(f"npm is needed to install {what} but is not on PATH")
+    shutil.copy2(package_json, folder / "package.json")
+    command = [npm, "install", "--no-package-lock", "--no-audit", "--no-fund", "--loglevel=error"]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise StartupFailed(f"npm could not install {what} ({' '.join(command)} in {folder}):\n"
+                            f"{_last_lines(done)}")
+
+
 def pglite_modules(cache: Path | None = None, timeout_s: float = 600.0) -> Path:
     """Return the folder that holds PGlite's npm packages, installing them the first time.
 
@@ -59,18 +73,7 @@ def pglite_modules(cache: Path | None = None, timeout_s: float = 600.0) -> Path:
 
     def fill(folder: Path) -> None:
         node = find_node()
-        npm = shutil.which("npm")
-        if npm is None:
-            raise ToolMissing("npm is needed to install PGlite (TimescaleDB as WASM) but is not "
-                              "on PATH")
-        shutil.copy2(PACKAGE_JSON, folder / "package.json")
-        command = [npm, "install", "--no-package-lock", "--no-audit", "--no-fund",
-                   "--loglevel=error"]
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True,
-                              timeout=timeout_s)
-        if done.returncode != 0:
-            raise StartupFailed(f"npm could not install PGlite ({' '.join(command)} in "
-                                f"{folder}):\n{_last_lines(done)}")
+        npm_install(folder, PACKAGE_JSON, "PGlite (TimescaleDB as WASM)", timeout_s)
         _install_script(folder)
         command = [str(node), str(folder / SERVER_SCRIPT.name), "--init-only",
                    "--data-dir", str(folder / _TEMPLATE)]

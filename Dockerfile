@@ -23,19 +23,17 @@ RUN pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY apps/ apps/
 COPY capture/ capture/
-COPY config/ config/
 COPY db/ db/
 COPY proxy/ proxy/
 COPY sinks/ sinks/
 COPY stack/ stack/
 COPY tapline/ tapline/
-COPY topics/ topics/
 # Not editable: the venv holds the code, so the runtime stage needs no source tree. The
 # check runs from / so that it imports the installed package, not the tree in /src, and it
 # imports what each service runs, so a dependency missing from requirements.txt fails here.
 RUN pip install --no-deps . \
-    && cd / && python -c "import apps.app_a, apps.app_b, capture, config, db.__main__, \
-proxy.__main__, sinks.__main__, stack.pipeline, tapline.cli, topics; import capture.redact"
+    && cd / && python -c "import apps.app_a, apps.app_b, capture, db.__main__, proxy.__main__, \
+sinks.__main__, stack.pipeline, tapline.cli; import capture.redact, capture.topics"
 
 # --- runtime: the venv on a fresh slim Python, run by an unprivileged user ----------------
 FROM python:3.11-slim

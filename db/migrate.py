@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
-from config import DEFAULT_DATABASE_URL
+from capture.settings import DEFAULT_DATABASE_URL
 from db.mode import check_mode, schema_mode
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ import os
 
 from mitmproxy import ctx, exceptions, http
 
+from capture.endpoint import StartError
 from capture.logs import keep_secrets_out_of_logs
 from capture.record import shrink
 from capture.redact.redactor import Policy, Redactor
-from config.endpoint import StartError
 from proxy.exchange import build_record
 from proxy.kafka_logs import quiet_kafka_client_logs
 from proxy.metrics import ProxyMetrics

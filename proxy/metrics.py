@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from config.endpoint import serve_metrics
+from capture.endpoint import serve_metrics
 
 # worker_lost: what a proxy worker held (queued or in flight) when it died; proxy/workers.py.
 # spool_full: Kafka was out of reach and the spool at its cap or its disk full (proxy/spool.py).

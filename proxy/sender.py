@@ -16,8 +16,8 @@ import time
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from capture.topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, partitions, record_cap
 from proxy.backlog import DROP_LOG_INTERVAL_S, REFUSED, Backlog, Batch
-from topics import REQUEST_TIMEOUT_MS, ensure_topic, message_limit, partitions, record_cap
 
 log = logging.getLogger("proxy.producer")
 

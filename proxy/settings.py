@@ -14,10 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_TOPIC, EnvReader, GiB, KiB, MiB, SettingsError
+from capture.settings import (
+    DEFAULT_BOOTSTRAP_SERVERS,
+    DEFAULT_TOPIC,
+    EnvReader,
+    GiB,
+    KiB,
+    MiB,
+    SettingsError,
+)
+from capture.topics import MAX_RECORD_BYTES, max_record_bytes
 from proxy.exchange import Network, parse_networks
 from proxy.spool import folder_of
-from topics import MAX_RECORD_BYTES, max_record_bytes
 
 __all__ = [
     "DEFAULT_ROUTES", "ProxySettings", "Route", "SettingsError", "parse_listen_hosts",

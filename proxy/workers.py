@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from config.endpoint import StartError, serve_metrics
+from capture.endpoint import StartError, serve_metrics
 from proxy.settings import ProxySettings
 
 WORKER_ENV = "TAPLINE_PROXY_WORKER"

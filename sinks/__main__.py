@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
+from capture.endpoint import StartError
 from capture.logs import keep_secrets_out_of_logs
-from config import SettingsError
-from config.endpoint import StartError
+from capture.settings import SettingsError
 from sinks.loop import ConsumerLoop, Sink
 from sinks.metrics import SinkMetrics
 from sinks.settings import SINKS, LoopSettings, TimescaleSettings

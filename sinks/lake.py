@@ -34,7 +34,7 @@ from datetime import UTC
 from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord, canonical_ip, decode_json, parse_time
-from config import EnvReader, SettingsError, shown
+from capture.settings import EnvReader, SettingsError, shown
 from sinks.loop import Fence, Item, PartitionLost, Sink, unfenced
 
 log = logging.getLogger(__name__)

@@ -48,9 +48,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from capture import InvalidRecord
+from capture.topics import ensure_topic, message_limit, partitions, record_cap, topic_message_limit
 from sinks.metrics import SinkMetrics
 from sinks.settings import LoopSettings
-from topics import ensure_topic, message_limit, partitions, record_cap, topic_message_limit
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,9 @@ class ConsumerLoop:
         """Wait until the topic exists; False when asked to stop first.
 
         The proxy makes the capture topic, with its partition count and message cap
-        (topics/); a consumer that subscribed first would have the broker make it with its
-        own defaults (one partition) where it creates topics on demand, so the sink waits.
+        (capture/topics.py); a consumer that subscribed first would have the broker make it
+        with its own defaults (one partition) where it creates topics on demand, so the sink
+        waits.
         """
         s = self.settings
         said = False

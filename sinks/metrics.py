@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from config.endpoint import serve_metrics
+from capture.endpoint import serve_metrics
 
 
 class SinkMetrics:

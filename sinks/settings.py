@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config import (
+from capture.settings import (
     DEFAULT_BOOTSTRAP_SERVERS,
     DEFAULT_DATABASE_URL,
     DEFAULT_TOPIC,
@@ -21,7 +21,7 @@ from config import (
     MiB,
     SettingsError,
 )
-from topics import max_record_bytes
+from capture.topics import max_record_bytes
 
 SINKS = ("timescale", "lake")
 

@@ -166,9 +166,9 @@ class Kafka(ProcessService):
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": 1,
-            # Topics are made by the one that knows their settings (topics/, the proxy for
-            # the capture topic), never on demand by a client's metadata request: a sink
-            # that subscribed before the proxy started made a one-partition topic.
+            # Topics are made by the one that knows their settings (capture/topics.py, the
+            # proxy for the capture topic), never on demand by a client's metadata request: a
+            # sink that subscribed before the proxy started made a one-partition topic.
             "auto.create.topics.enable": False,
             # One partition per internal topic: creating the default 50 costs seconds on the
             # first consumer group, and one broker gains nothing from them.

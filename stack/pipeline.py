@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import db
-from config import DEFAULT_TOPIC, EnvReader
+from capture.settings import DEFAULT_TOPIC, EnvReader
 from stack.kafka import STACK_DIR, Kafka
 from stack.postgres import Postgres
 from stack.s3 import S3Server
@@ -359,7 +359,7 @@ async def rewind_group(bootstrap: str, topic: str, group: str) -> None:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-    from topics import partitions
+    from capture.topics import partitions
 
     numbers = await partitions(bootstrap, topic)
     if not numbers:
@@ -382,7 +382,7 @@ def main() -> int:
     import signal
     import time
 
-    from config import SettingsError
+    from capture.settings import SettingsError
     from stack.errors import StackError
 
     def say(line: str) -> None:

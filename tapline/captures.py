@@ -173,7 +173,7 @@ async def _read_kafka(bootstrap: str, topic: str, start: Bound | None, end: Boun
                       limit: int | None, idle_s: float) -> list[bytes]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from topics import partitions
+    from capture.topics import partitions
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)

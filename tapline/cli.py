@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from capture import InvalidRecord, decode
-from config import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DATABASE_URL, DEFAULT_TOPIC
+from capture.settings import DEFAULT_BOOTSTRAP_SERVERS, DEFAULT_DATABASE_URL, DEFAULT_TOPIC
 
 
 def summary_line(data: bytes) -> str:
@@ -187,7 +187,7 @@ def check_database(conninfo: str) -> None:
 
 
 def _validate_lake(args: argparse.Namespace) -> None:
-    from config import SettingsError
+    from capture.settings import SettingsError
     from tapline import lake
 
     env = dict(os.environ)

@@ -151,7 +151,7 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
 async def _produce(bootstrap, topic, messages, partitions, headers):
     from aiokafka import AIOKafkaProducer
 
-    from topics import ensure_topic
+    from capture.topics import ensure_topic
 
     await ensure_topic(bootstrap, topic, partitions=partitions, max_record_bytes=4 << 20)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,

@@ -10,11 +10,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
+from capture.topics import ensure_topic
 from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings
 from tests.support import read_topic, wait_until
-from topics import ensure_topic
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ import psycopg
 import pytest
 import requests
 
+from capture.topics import partitions
 from stack import free_ports
 from stack.service import port_open
 from tests.run.replay_checks import check_replay_and_export
 from tests.support import REPO_ROOT, wait_until
-from topics import partitions
 
 pytestmark = pytest.mark.integration
 

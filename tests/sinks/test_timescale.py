@@ -315,7 +315,7 @@ def _dlq_limit(bootstrap: str, topic: str, max_message_bytes: int, *, create: bo
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from topics import topic_message_limit
+    from capture.topics import topic_message_limit
 
     async def go():
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)

@@ -16,7 +16,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord
-from config import SettingsError
+from capture.settings import SettingsError
 from sinks.lake import (
     UNKNOWN_IP,
     BucketMissing,

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from config import SettingsError
+from capture.settings import SettingsError
 from sinks.loop import ConsumerLoop, Fence, PartitionLost, Sink, unfenced
 from sinks.metrics import SinkMetrics
 from sinks.settings import LoopSettings

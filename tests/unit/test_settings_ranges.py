@@ -1,11 +1,11 @@
 """Every number a service reads from the environment has a range and must be finite, and a
-refused value that may be a credential is never echoed (config/, issue 16)."""
+refused value that may be a credential is never echoed (capture/settings.py, issue 16)."""
 
 from __future__ import annotations
 
 import pytest
 
-from config import SettingsError, shown
+from capture.settings import SettingsError, shown
 from proxy.settings import ProxySettings, parse_routes
 from sinks.lake import LakeSettings
 from sinks.settings import LoopSettings, TimescaleSettings

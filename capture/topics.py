@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from config import EnvReader, GiB, KiB, MiB
+from capture.settings import EnvReader, GiB, KiB, MiB
 
 log = logging.getLogger(__name__)
 

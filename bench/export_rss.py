@@ -26,7 +26,7 @@ import boto3
 import orjson
 
 from bench.common import ROOT
-from sinks.lake import key_prefix, object_key
+from capture.lake_layout import key_prefix, object_key
 from stack import S3Server
 from tests.factories import realistic
 

@@ -326,7 +326,8 @@ def print_profile(stats: pstats.Stats, sink, elapsed: float, records: int,
 
 
 def count_objects(env: dict[str, str], topic: str) -> int:
-    from sinks.lake import SUFFIX, LakeSettings
+    from capture.lake_layout import SUFFIX
+    from sinks.lake import LakeSettings
 
     fs = LakeSettings.from_env(env).filesystem(asynchronous=False)
     return sum(1 for key in fs.find(env["S3_BUCKET"]) if key.endswith(SUFFIX))

@@ -22,35 +22,28 @@ already cannot replace what another wrote, because a name fixes the bytes (see
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 
 from aiokafka.structs import ConsumerRecord
 
-from capture import InvalidRecord, canonical_ip, decode_json, parse_time
+from capture import InvalidRecord, decode_json
+from capture.lake_layout import key_prefix, object_key
 from capture.settings import EnvReader, SettingsError, shown
 from sinks.loop import Fence, Item, PartitionLost, Sink, unfenced
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".jsonl.gz"
-UNKNOWN_IP = "unknown"
 PUT_CONCURRENCY = 16  # PUTs of a batch in flight at once; docs/lake.md has the measurements
 # One layer of quick retries inside a write: botocore's standard mode (2 attempts, with
 # jitter, on connection errors, throttling and 5xx); s3fs adds none on top. Past that the
 # error reaches the loop, which backs off, retries the batch and counts it in its metric.
 BOTOCORE_MAX_ATTEMPTS = 2
 S3FS_RETRIES = 1
-
-_IP_SEGMENT = re.compile(r"[0-9a-f.:]{2,39}")
-# Kafka's own rule for topic names: these characters, 1 to 249 of them, never "." or "..".
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -130,42 +123,6 @@ class LakeSettings:
 
 
 # --- keys: pure ------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def ip_segment(client_ip: str) -> str:
-    """The client IP as a key segment: its canonical text form, IPv6 without a scope id, or
-    `unknown` for anything that is not an IP address. Only [0-9a-f.:] can come out, so no
-    record can make a key leave its prefix. (Cached: parsing an address costs as much as
-    decoding the record, and a client sends many.)"""
-    canonical = canonical_ip(client_ip)
-    if canonical is None:
-        return UNKNOWN_IP
-    # A scope id ("%eth0") names an interface of the host that saw the packet: meaningless in
-    # the lake, and free text besides.
-    address = canonical.partition("%")[0]
-    return address if _IP_SEGMENT.fullmatch(address) else UNKNOWN_IP
-
-
-def key_prefix(started_at: str, client_ip: str) -> str:
-    """`YYYY-MM-DD/HH/ip` of a record: the date and hour of `started_at` in UTC."""
-    try:
-        when = parse_time(started_at).astimezone(UTC)
-    except (OverflowError, ValueError) as e:  # InvalidRecord is a ValueError
-        raise InvalidRecord(f"started_at {started_at!r} has no UTC date: {e}") from None
-    return (f"{when.year:04d}-{when.month:02d}-{when.day:02d}/{when.hour:02d}/"
-            f"{ip_segment(client_ip)}")
-
-
-def object_key(prefix: str, topic: str, partition: int, first_offset: int,
-               last_offset: int) -> str:
-    """The key of the object holding a group whose records lie from `first_offset` to
-    `last_offset` (both its own records)."""
-    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
-        raise ValueError(f"{topic!r} is not a Kafka topic name")
-    if not 0 <= int(first_offset) <= int(last_offset):
-        raise ValueError(f"offsets {first_offset}..{last_offset} are not a range")
-    return f"{prefix}/{topic}-{int(partition)}-{int(first_offset)}-{int(last_offset)}{SUFFIX}"
 
 
 @dataclass(slots=True)

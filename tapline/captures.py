@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from capture.lake_layout import SUFFIX
 from tapline import lake
 from tapline.lake import LakeError, LakeSettings, Scope
 
@@ -50,7 +51,7 @@ def _key_order(key: str) -> tuple:
     return prefix, name[:match.start()], tuple(int(n) for n in match.group(0)[1:].split("-"))
 
 
-_NUMBERS = re.compile(r"(?:-\d+)+(?=\.jsonl\.gz$)")
+_NUMBERS = re.compile(rf"(?:-\d+)+(?={re.escape(SUFFIX)}$)")
 
 
 def selected_ids(settings: LakeSettings, selection: Selection) -> set[str] | None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sinks.lake import SUFFIX, UNKNOWN_IP, LakeSettings, ip_segment
+from capture.lake_layout import SUFFIX, UNKNOWN_IP, ip_segment
+from sinks.lake import LakeSettings
 
 
 class LakeError(Exception):

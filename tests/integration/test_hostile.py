@@ -569,7 +569,7 @@ HOSTILE_FORWARDED_FOR = {
 
 
 def test_forwarded_for_from_a_trusted_peer_is_used_and_validated(pipeline):
-    from sinks.lake import key_prefix, object_key
+    from capture.lake_layout import key_prefix, object_key
 
     markers = {tag(): value for value in HOSTILE_FORWARDED_FOR}
     for marker, value in markers.items():

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from capture import decode
-from sinks.lake import key_prefix
+from capture.lake_layout import key_prefix
 from stack import s3_from_env
 
 KEYS = {"S3_ACCESS_KEY_ID": "tapline", "S3_SECRET_ACCESS_KEY": "tapline-secret"}

@@ -16,8 +16,8 @@ import pytest
 from haralyzer import HarEntry, HarParser
 
 from capture import CaptureRecord, encode
+from capture.lake_layout import key_prefix, object_key
 from db import migrate
-from sinks.lake import key_prefix, object_key
 from sinks.rows import COLUMNS, row_of
 from stack.har import validate_har
 from tapline.cli import main

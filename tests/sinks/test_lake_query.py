@@ -21,7 +21,8 @@ import requests
 from aiokafka.structs import ConsumerRecord
 
 from capture import CaptureRecord, decode
-from sinks.lake import LakeSettings, LakeSink, key_prefix, ndjson_gz, plan_objects
+from capture.lake_layout import key_prefix
+from sinks.lake import LakeSettings, LakeSink, ndjson_gz, plan_objects
 from sinks.loop import Item
 from tapline import lake
 from tapline.cli import main

@@ -16,17 +16,14 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from capture import InvalidRecord
+from capture.lake_layout import UNKNOWN_IP, ip_segment, key_prefix, object_key
 from capture.settings import SettingsError
 from sinks.lake import (
-    UNKNOWN_IP,
     BucketMissing,
     LakeSettings,
     LakeSink,
     ObjectsNotWritten,
-    ip_segment,
-    key_prefix,
     ndjson_gz,
-    object_key,
     plan_objects,
 )
 from sinks.loop import Item

@@ -20,7 +20,7 @@ from stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
-HEAD = "0004"  # the newest revision in db/migrations/versions
+HEAD = "0005"  # the newest revision in db/migrations/versions
 
 
 def version(url: str) -> list[str]:
@@ -99,7 +99,7 @@ def test_processes_migrating_a_new_database_at_once_build_one_schema(pg_url):
     with psycopg.connect(pg_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_class WHERE relname LIKE 'http_requests%%' AND relkind IN "
-            "('r', 'v', 'i')").fetchone()[0] == 8  # table, view, six indexes
+            "('r', 'v', 'i')").fetchone()[0] == 5  # table, view, three indexes
 
 
 def test_cli_mode_prints_the_mode(pg_url, capsys):

@@ -53,15 +53,11 @@ VIEW_COLUMNS = [
     ("bytes_in", "bigint"),
     ("bytes_out", "bigint"),
 ]
+# What the project's queries use (bench/index_use.py; migration 0005 dropped the rest).
 INDEXES = {
     "http_requests_pkey": "(capture_id, \"time\")",
     "http_requests_time_idx": "(\"time\" DESC)",
-    "http_requests_app_path_status_time_idx": "(app, path, status_code, \"time\" DESC)",
     "http_requests_client_ip_time_idx": "(client_ip, \"time\" DESC)",
-    "http_requests_failed_time_idx": (
-        "(status_code, \"time\" DESC) WHERE ((status_code >= 400) OR (status_code IS NULL))"
-    ),
-    "http_requests_principal_time_idx": "(principal, \"time\" DESC) WHERE (principal IS NOT NULL)",
 }
 
 

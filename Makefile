@@ -60,6 +60,7 @@ bench: fetch
 	$(BIN)/python bench/proxy_overhead.py --markdown $(if $(QUICK),--quick) $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python bench/sink_throughput.py --sink timescale $(if $(QUICK),--quick,--sizes)
 	$(BIN)/python bench/sink_throughput.py --sink lake $(if $(QUICK),--quick,--clients 20)
+	$(BIN)/python bench/sink_stages.py $(if $(QUICK),--quick,--sizes)
 	$(BIN)/python bench/index_use.py $(if $(QUICK),--quick)
 	$(if $(QUICK),,$(BIN)/python bench/s3_put_rate.py)
 	$(BIN)/python bench/spool_capacity.py $(if $(QUICK),--quick)

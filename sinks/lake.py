@@ -261,6 +261,11 @@ class LakeSink(Sink):
         objects = plan_objects(items)
         level = self.settings.gzip_level
         bodies = await asyncio.to_thread(lambda: [ndjson_gz(o.lines, level) for o in objects])
+        await self.put(objects, bodies, fence)
+
+    async def put(self, objects: Sequence[LakeObject], bodies: Sequence[bytes],
+                  fence: Fence = unfenced) -> None:
+        """PUT compressed objects, at most PUT_CONCURRENCY at once; raises what `write` says."""
         slots = asyncio.Semaphore(PUT_CONCURRENCY)
 
         async def put(key: str, body: bytes) -> None:

@@ -55,6 +55,7 @@ from sinks.settings import LoopSettings
 log = logging.getLogger(__name__)
 
 WRITING_POLL_MS = 10  # how long a fetch may wait while a batch is being written
+FETCH_STEP_RECORDS = 500  # records fetched and prepared between two looks at the write
 TOPIC_WAIT_S = 0.5  # how often a sink looks for a topic that is not there yet
 REASON_MAX_BYTES = 1024  # a dead letter's reason header, cut past this
 REFERENCE_REASON_BYTES = 200  # the reason of a dead letter with no room for its payload
@@ -208,23 +209,26 @@ class ConsumerLoop:
                                    "cannot fence its writes; use the aiokafka of "
                                    "requirements.txt")
             while not self.stopping.is_set():
-                if self._writing is not None and self._next_batch_ready():
+                if self._writing is not None and (self._writing.done()
+                                                  or self._next_batch_ready()):
                     await self._finish_write()  # a batch ahead is enough: wait for the store
-                writing = self._writing is not None and not self._writing.done()
+                if self._writing is None:
+                    # The next batch goes to the store before anything more is fetched and
+                    # prepared: the store is the slower part, it should never wait on us.
+                    due = self._due()
+                    if due:
+                        self._writing = asyncio.create_task(self._flush(due))
+                writing = self._writing is not None
                 batches = await consumer.getmany(
                     # While a write runs, come back soon to start the next one when it ends.
                     timeout_ms=min(s.poll_timeout_ms, WRITING_POLL_MS) if writing
                     else s.poll_timeout_ms,
-                    max_records=s.batch_max_records,
+                    # Small steps: the loop comes back to start the next write soon after one
+                    # ends, rather than after preparing a whole batch.
+                    max_records=min(s.batch_max_records, FETCH_STEP_RECORDS),
                 )
                 for tp, messages in batches.items():
                     self._add(tp, messages)
-                if self._writing is not None and self._writing.done():
-                    await self._finish_write()
-                if self._writing is None:
-                    due = self._due()
-                    if due:
-                        self._writing = asyncio.create_task(self._flush(due))
                 self._log_summary()
             await self._finish_write()
             # One try to finish what is pending; what fails is re-read on the next start.

@@ -39,7 +39,9 @@ def written(sink: SinkProcess) -> float:
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_reads_once(kafka, s3, bucket, tmp_path):
-    n = 3000
+    # Enough that the sink, which starts each write as soon as the last one is committed,
+    # cannot drain the topic in the few attempts before the kills have landed.
+    n = 6000
     topic = f"lake-kill-{uuid.uuid4().hex[:8]}"
     # 14 clients over 4 hours: about 20 objects for each batch of 200 records of a partition
     messages = factories.encoded(n, clients=14, spread_s=4 * 3600)

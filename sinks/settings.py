@@ -25,10 +25,17 @@ from capture.topics import max_record_bytes
 
 SINKS = ("timescale", "lake")
 
-# Per sink: consumer group, metrics port, and how long a partition's batch may wait.
+# Per sink: consumer group, metrics port, and how large a partition's batch may grow and how
+# long it may wait. The database takes rows as they come; the lake wants few, large objects (a
+# PUT is billed per request, and a reader pays per object): a batch closes at 32 MiB of records
+# or after a minute, whichever is first, so an object holds a minute of its client's traffic
+# or a large share of the batch (docs/lake.md). `make run` and the compose stack shorten the
+# age so that a new user sees requests in the lake within seconds.
 _DEFAULTS = {
-    "timescale": {"group": "tapline-timescale", "metrics_port": 9102, "max_age_ms": 0},
-    "lake": {"group": "tapline-lake", "metrics_port": 9103, "max_age_ms": 5000},
+    "timescale": {"group": "tapline-timescale", "metrics_port": 9102, "max_age_ms": 0,
+                  "max_records": 5000},
+    "lake": {"group": "tapline-lake", "metrics_port": 9103, "max_age_ms": 60_000,
+             "max_records": 1_000_000},
 }
 
 
@@ -78,8 +85,8 @@ class LoopSettings:
             dlq_topic=reader.text("DLQ_TOPIC", f"{topic}.dlq"),
             poll_timeout_ms=reader.integer("SINK_POLL_TIMEOUT_MS", 200, minimum=1,
                                            maximum=60_000),
-            batch_max_records=reader.integer("SINK_BATCH_MAX_RECORDS", 5000, minimum=1,
-                                             maximum=1_000_000),
+            batch_max_records=reader.integer("SINK_BATCH_MAX_RECORDS", defaults["max_records"],
+                                             minimum=1, maximum=1_000_000),
             batch_max_bytes=reader.integer("SINK_BATCH_MAX_BYTES", 32 * MiB, minimum=KiB,
                                            maximum=4 * GiB),
             batch_max_age_ms=reader.integer(

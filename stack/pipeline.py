@@ -42,6 +42,7 @@ from stack.service import LOOPBACK, ProcessService, base_env, port_open
 
 REPO = STACK_DIR.parent
 LAKE_GROUP = "tapline-lake"
+RUN_LAKE_MAX_AGE_MS = "2000"  # the lake sink's batch age under `make run`
 S3_KEY_ID, S3_SECRET = "tapline", "tapline-secret"  # moto takes any before IAM is on
 WRITER_LOGIN = "tapline_sink"  # the TimescaleDB sink's login role, in tapline_writer
 LAKE_USER, ADMIN_USER = "tapline-lake", "tapline-admin"  # the run's IAM users in moto
@@ -213,6 +214,10 @@ class Pipeline:
                     self.logs, s.timescale_metrics_port, TIMESCALE_SETTINGS),
             Program("sink-lake", [python, "-m", "sinks", "lake"],
                     {**self.capture_env, **self.lake_env,
+                     # A new user's requests in the lake within seconds, not the sink's
+                     # minute (fewer, larger objects); their own SINK_BATCH_MAX_AGE_MS wins.
+                     "SINK_BATCH_MAX_AGE_MS": os.environ.get("SINK_BATCH_MAX_AGE_MS",
+                                                             RUN_LAKE_MAX_AGE_MS),
                      "SINK_METRICS_PORT": str(s.lake_metrics_port), "SINK_GROUP_ID": LAKE_GROUP},
                     self.logs, s.lake_metrics_port, LAKE_SETTINGS),
             Program("app_b", [*gunicorn, "-b", f"{LOOPBACK}:{s.app_b_port}", "apps.app_b:app"],

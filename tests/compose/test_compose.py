@@ -335,7 +335,7 @@ def test_compose_normalized_file(docker_compose):
         assert services[name]["healthcheck"]["test"], name
     # Defaults filled in from the file itself, as a user without a .env file gets them.
     lake = services["sink-lake"]["environment"]
-    assert (lake["S3_BUCKET"], lake["SINK_BATCH_MAX_AGE_MS"]) == ("captures", "30000")
+    assert (lake["S3_BUCKET"], lake["SINK_BATCH_MAX_AGE_MS"]) == ("captures", "5000")
     assert services["timescaledb"]["environment"]["POSTGRES_PASSWORD"] in (
         services["migrate"]["environment"]["DATABASE_URL"])
     assert services["migrate"]["environment"]["TAPLINE_WRITER_PASSWORD"] in (

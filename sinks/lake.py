@@ -25,11 +25,11 @@ import asyncio
 import logging
 import os
 import re
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.structs import ConsumerRecord
+from zlib_ng import zlib_ng
 
 from capture import InvalidRecord, decode_json
 from capture.lake_layout import key_prefix, object_key
@@ -169,9 +169,12 @@ def plan_objects(items: Iterable[Item]) -> list[LakeObject]:
 
 
 def ndjson_gz(lines: Sequence[bytes], level: int = 6) -> bytes:
-    """The lines as gzip-compressed NDJSON, one line each. zlib's gzip header has no time in
-    it, so the same lines always give the same bytes: a rewritten object equals the first."""
-    return zlib.compress(b"\n".join([*lines, b""]), level, wbits=16 + zlib.MAX_WBITS)
+    """The lines as gzip-compressed NDJSON, one line each. The gzip header has no time in it,
+    so the same lines always give the same bytes: a rewritten object equals the first.
+
+    zlib-ng rather than the standard zlib: the same format, at level 6 about 2.5 times less
+    CPU for objects about 5% larger (docs/decisions.md)."""
+    return zlib_ng.compress(b"\n".join([*lines, b""]), level, wbits=16 + zlib_ng.MAX_WBITS)
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -88,8 +88,9 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def pipeline(workdir: Path):
-    """Every service and process of the pipeline, default settings; all stopped after."""
+def pipeline(workdir: Path, lake_age_ms: int | None = None):
+    """Every service and process of the pipeline, default settings (but the lake sink's
+    batch age, when given); all stopped after."""
     with contextlib.ExitStack() as stack:
         kafka = stack.enter_context(kafka_from_env(workdir / "kafka"))
         postgres = stack.enter_context(postgres_from_env(workdir / "postgres"))
@@ -139,7 +140,9 @@ def pipeline(workdir: Path):
             "SINK_METRICS_PORT": str(ports["timescale"])}, ports["timescale"])
         launch("sink-lake", [PYTHON, "-m", "sinks", "lake"], {
             **sink_env, **s3_env, "SINK_GROUP_ID": f"e2e-lake-{run_id}",
-            "SINK_METRICS_PORT": str(ports["lake"])}, ports["lake"])
+            "SINK_METRICS_PORT": str(ports["lake"]),
+            **({} if lake_age_ms is None else {"SINK_BATCH_MAX_AGE_MS": str(lake_age_ms)})},
+            ports["lake"])
         yield Pipeline(f"http://127.0.0.1:{ports['proxy_a']}",
                        f"http://127.0.0.1:{ports['proxy_b']}", database_url, s3_env, topic,
                        f"http://127.0.0.1:{ports['app_a']}", f"http://127.0.0.1:{ports['app_b']}")
@@ -303,15 +306,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--wait", type=float, default=60.0,
+    parser.add_argument("--wait", type=float, default=90.0,
                         help="seconds to wait for the last markers after the last request")
+    parser.add_argument("--lake-age-ms", type=int, default=None,
+                        help="the lake sink's SINK_BATCH_MAX_AGE_MS (default: the sink's "
+                             "own, 60 s; make run's is 2000)")
     parser.add_argument("--markdown", action="store_true", help="the table in Markdown")
     parser.add_argument("--quick", action="store_true", help="10 req/s for 3 s")
     args = parser.parse_args()
     if args.quick:
         args.rate, args.seconds, args.wait = 10.0, 3.0, 30.0
+        if args.lake_age_ms is None:
+            args.lake_age_ms = 2000  # make run's: CI need not wait out the lake's minute
 
-    with tempfile.TemporaryDirectory(prefix="tapline-e2e-") as tmp, pipeline(Path(tmp)) as p:
+    with (tempfile.TemporaryDirectory(prefix="tapline-e2e-") as tmp,
+          pipeline(Path(tmp), args.lake_age_ms) as p):
         sightings = Sightings()
         stop = threading.Event()
         threads = watch(p, sightings, stop)
@@ -340,8 +349,10 @@ def main() -> int:
             for thread in threads:
                 thread.join(10)
 
+        settings = ("default settings" if args.lake_age_ms is None else
+                    f"default settings, lake SINK_BATCH_MAX_AGE_MS={args.lake_age_ms}")
         table = Table(title="From the client's response to the capture being visible "
-                      "(default settings)", box=box.MARKDOWN if args.markdown
+                      f"({settings})", box=box.MARKDOWN if args.markdown
                       else box.SIMPLE_HEAD)
         for column in ("store", "seen / sent", "p50 ms", "p95 ms", "max ms", "min ms",
                        "poll every"):

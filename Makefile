@@ -62,6 +62,7 @@ bench: fetch
 	$(BIN)/python bench/sink_throughput.py --sink lake $(if $(QUICK),--quick,--clients 20)
 	$(BIN)/python bench/sink_stages.py $(if $(QUICK),--quick,--sizes)
 	$(BIN)/python bench/index_use.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/sustained.py $(if $(QUICK),--quick)
 	$(if $(QUICK),,$(BIN)/python bench/s3_put_rate.py)
 	$(BIN)/python bench/spool_capacity.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/end_to_end.py --markdown $(if $(QUICK),--quick)

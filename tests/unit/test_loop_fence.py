@@ -1,7 +1,8 @@
 """The consumer loop's fence: a batch is written and committed only while this consumer is
 still the member, in the generation its records were read in, that holds their partitions.
 Kafka's side is an in-memory stand-in for the few things the loop asks of its consumer (the
-group's generation, the assignment, commit); tests/faults runs the same on a real broker."""
+group's generation, the assignment, commit: tests/unit/loop_fakes.py); tests/faults runs the
+same on a real broker."""
 
 from __future__ import annotations
 
@@ -9,66 +10,13 @@ import asyncio
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from capture.settings import SettingsError
-from sinks.loop import ConsumerLoop, Fence, PartitionLost, Sink, unfenced
+from sinks.loop import ConsumerLoop, PartitionLost, Sink
 from sinks.metrics import SinkMetrics
 from sinks.settings import LoopSettings
-
-TP = TopicPartition("t", 0)
-
-
-class Coordinator:
-    generation = 4
-    member_id = "sink-a"
-
-
-class Consumer:
-    """What the loop asks of an AIOKafkaConsumer in a group."""
-
-    def __init__(self) -> None:
-        self._coordinator = Coordinator()
-        self.assigned = {TP}
-        self.commits: list[dict] = []
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.assigned)
-
-    async def commit(self, offsets) -> None:
-        self.commits.append({tp: meta.offset for tp, meta in offsets.items()})
-
-    def highwater(self, _tp) -> None:
-        return None
-
-    def expel(self) -> None:
-        """What aiokafka does when a heartbeat hears that the group has moved on."""
-        self._coordinator.generation, self._coordinator.member_id = -1, ""
-
-
-class HangingSink(Sink):
-    """A sink whose write hangs until released, and checks the fence before it 'PUTs'."""
-
-    name = "lake"
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        self.written: list[list[int]] = []
-
-    def prepare(self, message: ConsumerRecord) -> bytes:
-        return message.value
-
-    async def write(self, items, fence: Fence = unfenced) -> None:
-        self.started.set()
-        await self.release.wait()
-        fence()
-        self.written.append([item.message.offset for item in items])
-
-
-def records(first: int, n: int) -> list[ConsumerRecord]:
-    return [ConsumerRecord(TP.topic, TP.partition, offset, 0, 0, None, b"{}", None, 0, 2, [])
-            for offset in range(first, first + n)]
+from tests.unit.loop_fakes import TP, Consumer, HangingSink, records
 
 
 def loop_with(sink: Sink) -> tuple[ConsumerLoop, Consumer]:

@@ -208,29 +208,35 @@ class ConsumerLoop:
                                    "looks for it (sinks/loop.py, _generation): the sink "
                                    "cannot fence its writes; use the aiokafka of "
                                    "requirements.txt")
-            while not self.stopping.is_set():
-                if self._writing is not None and (self._writing.done()
-                                                  or self._next_batch_ready()):
-                    await self._finish_write()  # a batch ahead is enough: wait for the store
-                if self._writing is None:
-                    # The next batch goes to the store before anything more is fetched and
-                    # prepared: the store is the slower part, it should never wait on us.
-                    due = self._due()
-                    if due:
-                        self._writing = asyncio.create_task(self._flush(due))
-                writing = self._writing is not None
-                batches = await consumer.getmany(
-                    # While a write runs, come back soon to start the next one when it ends.
-                    timeout_ms=min(s.poll_timeout_ms, WRITING_POLL_MS) if writing
-                    else s.poll_timeout_ms,
-                    # Small steps: the loop comes back to start the next write soon after one
-                    # ends, rather than after preparing a whole batch.
-                    max_records=min(s.batch_max_records, FETCH_STEP_RECORDS),
-                )
-                for tp, messages in batches.items():
-                    self._add(tp, messages)
-                self._log_summary()
-            await self._finish_write()
+            try:
+                while not self.stopping.is_set():
+                    if self._writing is not None and (self._writing.done()
+                                                      or self._next_batch_ready()):
+                        await self._finish_write()  # a batch ahead is enough: wait for the store
+                    if self._writing is None:
+                        # The next batch goes to the store before anything more is fetched and
+                        # prepared: the store is the slower part, it should never wait on us.
+                        due = self._due()
+                        if due:
+                            self._writing = asyncio.create_task(self._flush(due))
+                    writing = self._writing is not None
+                    batches = await consumer.getmany(
+                        # While a write runs, come back soon to start the next one when it ends.
+                        timeout_ms=min(s.poll_timeout_ms, WRITING_POLL_MS) if writing
+                        else s.poll_timeout_ms,
+                        # Small steps: the loop comes back to start the next write soon after one
+                        # ends, rather than after preparing a whole batch.
+                        max_records=min(s.batch_max_records, FETCH_STEP_RECORDS),
+                    )
+                    for tp, messages in batches.items():
+                        self._add(tp, messages)
+                    self._log_summary()
+                await self._finish_write()
+            except Stopping:
+                # Asked to stop while the batch in flight was being retried: it is
+                # abandoned uncommitted (said in _flush_taken), its partitions are
+                # broken, and the stop goes on as any stop does.
+                pass
             # One try to finish what is pending; what fails is re-read on the next start.
             with contextlib.suppress(Stopping):
                 await self._flush(list(self._pending), final=True)

@@ -466,3 +466,18 @@ async def test_on_stop_the_pending_batch_gets_one_try(fails):
     else:
         assert r.sink.written == [batch] and r.consumer.commits == [{TP: 3}]
     assert r.consumer.stopped and r.producer.stopped
+
+
+async def test_a_stop_while_a_write_is_being_retried_is_a_clean_stop():
+    # The store is down: the batch in flight is retried with backoff when SIGTERM comes. The
+    # retry stops, the batch is abandoned uncommitted, nothing behind it is written, and
+    # run() returns as from any stop: the process exits 0, no traceback.
+    r = rig(records=3)
+    r.sink.faults = [ConnectionResetError("store down")] * 50
+    r.consumer.produce(TP, *values(5))
+    r.start()
+    await until(lambda: len(r.sink.attempts) >= 2, "the write retried")
+    await r.stop()
+    assert r.sink.written == [] and r.consumer.commits == []
+    assert {batch[0] for batch in r.sink.attempts} == {(0, 0)}  # only the first batch tried
+    assert r.consumer.stopped and r.producer.stopped

@@ -274,6 +274,10 @@ def main() -> int:
     parser.add_argument("--records", type=int, nargs="+", default=[200_000])
     parser.add_argument("--sizes", action="store_true", help="50,000, 200,000 and 800,000")
     parser.add_argument("--clients", type=int, default=20, help="client IPs (default 20)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="records a second the records' times say they came at (default: "
+                             "over 6 hours, as bench/sink_throughput.py); the lake's objects "
+                             "follow the hours the records fall in")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the sinks, e.g. --set SINK_BATCH_MAX_AGE_MS=1000")
     parser.add_argument("--quick", action="store_true", help="2,000 records, as CI does")
@@ -313,7 +317,8 @@ def main() -> int:
                   "(1 and 5 min)", flush=True)
             for total in sizes:
                 topic = f"stages-{uuid.uuid4().hex[:8]}"
-                fill(kafka.bootstrap_servers, topic, total, args.clients)
+                spread_s = total / args.rate if args.rate else 6 * 3600
+                fill(kafka.bootstrap_servers, topic, total, args.clients, spread_s)
                 ends = asyncio.run(end_offsets(kafka.bootstrap_servers, topic))
                 if sum(ends.values()) != total:
                     raise SystemExit(f"the topic holds {sum(ends.values())}, not {total}")

@@ -62,11 +62,13 @@ STALL_S = 3.0  # no commit for this long before 90%: the steady part ended at th
 # --- the topic -------------------------------------------------------------------------------
 
 
-def fill(bootstrap: str, topic: str, records: int, clients: int) -> None:
+def fill(bootstrap: str, topic: str, records: int, clients: int,
+         spread_s: float = 6 * 3600) -> None:
+    """`records` realistic records, their times in order over `spread_s` seconds."""
     for first in range(0, records, FILL_CHUNK):
         produce(bootstrap, topic, factories.realistic(
-            min(FILL_CHUNK, records - first), first=first, total=records, clients=clients),
-            partitions=PARTITIONS)
+            min(FILL_CHUNK, records - first), first=first, total=records, clients=clients,
+            spread_s=spread_s), partitions=PARTITIONS)
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from bench.common import BenchError, load_average, wait_for
 from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env
-from tests.support import Process, fresh_database, wait_for_port
+from stack.support import Process, fresh_database, wait_for_port
 
 PYTHON = sys.executable
 DB_POLL_S = 0.02

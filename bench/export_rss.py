@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.export_rss [--records 200000] [--clients 50]
 
 Starts moto's S3 server (stack.S3Server), writes `--records` realistic records
-(tests.factories.realistic: a 20 KB body one time in 20, a 4 KB listing one answer in 10)
+(stack.factories.realistic: a 20 KB body one time in 20, a 4 KB listing one answer in 10)
 into a bucket as the lake sink lays them out (gzip NDJSON per date/hour/client IP, one object
 per prefix per batch of 50,000), then runs `python -m tapline.cli export --har -o FILE` as its
 own process and prints its peak RSS (its own VmHWM), the time it took, and the sizes.
@@ -28,7 +28,7 @@ import orjson
 from bench.common import ROOT
 from capture.lake_layout import key_prefix, object_key
 from stack import S3Server
-from tests.factories import realistic
+from stack.factories import realistic
 
 BATCH = 50_000
 # The export as its own process, which says its peak RSS last: VmHWM, the high-water mark of

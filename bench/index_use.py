@@ -80,7 +80,7 @@ def fill(url: str, rows: int) -> None:
     import db
     from sinks.rows import row_of_json
     from sinks.timescale import _copy
-    from tests import factories
+    from stack import factories
 
     db.ensure_schema(url, may_migrate=True)
     start = time.time() - SPREAD_S
@@ -103,7 +103,7 @@ def main() -> int:
     rows = 2_000 if args.quick else args.rows
 
     from stack import postgres_from_env
-    from tests.support import fresh_database
+    from stack.support import fresh_database
 
     with tempfile.TemporaryDirectory(prefix="tapline-indexes-") as tmp:
         postgres = postgres_from_env(Path(tmp) / "postgres")

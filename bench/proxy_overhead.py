@@ -75,7 +75,7 @@ from bench.common import (
 )
 from proxy.metrics import DROP_REASONS
 from stack import free_port, kafka_from_env
-from tests.support import Process, sample, scrape, wait_for_port
+from stack.support import Process, sample, scrape, wait_for_port
 
 DIRECT, BARE, CAPTURE, KAFKA_DOWN = "app direct", "bare mitmdump", "capture, Kafka up", \
     "capture, Kafka down"

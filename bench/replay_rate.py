@@ -28,9 +28,9 @@ from pathlib import Path
 from bench.common import ROOT, Load, ab, wait_for
 from capture import encode
 from stack import free_ports
+from stack.factories import make
 from stack.service import port_open
 from tapline.replay import Options, plan, run
-from tests.factories import make
 
 SHAPES = {
     "hello": [("app_a", "GET", "/hello", [], "", 200)],

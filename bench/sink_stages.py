@@ -58,7 +58,7 @@ from bench.sink_throughput import (  # noqa: E402
 )
 from stack import kafka_from_env, postgres_from_env, s3_from_env  # noqa: E402
 from stack.s3 import create_bucket  # noqa: E402
-from tests.support import fresh_database  # noqa: E402
+from stack.support import fresh_database  # noqa: E402
 
 SIZES = (50_000, 200_000, 800_000)
 GETMANY_RECORDS = 20_000

@@ -6,7 +6,7 @@ until every offset is committed, and report records per second, cost per record 
     .venv/bin/python bench/sink_throughput.py --sink timescale --profile  # where the time goes
     .venv/bin/python bench/sink_throughput.py --quick                     # a small run, as CI does
 
-The records (tests.factories.realistic): 2,000 client IPs (--clients), started_at in time
+The records (stack.factories.realistic): 2,000 client IPs (--clients), started_at in time
 order over 6 hours, one body in 20 of 20 KB, a 4 KB response one time in 10, six partitions
 keyed by client IP. The clock starts when the sink process is started (so it includes the
 sink's start: migration check, joining the group) and stops when the group's committed offset
@@ -48,10 +48,15 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
-from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env  # noqa: E402
+from stack import (  # noqa: E402
+    factories,
+    free_port,
+    kafka_from_env,
+    postgres_from_env,
+    s3_from_env,
+)
 from stack.s3 import create_bucket  # noqa: E402
-from tests import factories  # noqa: E402
-from tests.support import fresh_database, produce, sample, scrape  # noqa: E402
+from stack.support import fresh_database, produce, sample, scrape  # noqa: E402
 
 SIZES = (50_000, 200_000, 800_000)
 PARTITIONS = 6

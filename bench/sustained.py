@@ -34,10 +34,15 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from bench.sink_throughput import PARTITIONS, cpu_seconds, end_offsets  # noqa: E402
 from capture.topics import ensure_topic  # noqa: E402
-from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env  # noqa: E402
+from stack import (  # noqa: E402
+    factories,
+    free_port,
+    kafka_from_env,
+    postgres_from_env,
+    s3_from_env,
+)
 from stack.s3 import create_bucket  # noqa: E402
-from tests import factories  # noqa: E402
-from tests.support import fresh_database  # noqa: E402
+from stack.support import fresh_database  # noqa: E402
 
 POOL = 20_000
 SAMPLE_S = 5.0

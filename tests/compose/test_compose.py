@@ -457,7 +457,7 @@ def test_the_lake_key_may_only_write_into_the_bucket():
 
 def test_the_migrate_service_sets_up_the_roles(resolved, postgres, tmp_path):
     # Its very script, against a real PostgreSQL: twice, as a second `up` would.
-    from tests.support import fresh_database
+    from stack.support import fresh_database
 
     database = fresh_database(postgres.dsn)
     env = {**resolved["migrate"]["environment"], "DATABASE_URL": database,

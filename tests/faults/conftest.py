@@ -11,9 +11,9 @@ import os
 
 import pytest
 
+from stack.support import fresh_database
 from tests.conftest import FAULT_LINES_FILE
 from tests.sinks.lake_fixtures import fresh_bucket, s3_service  # noqa: F401 - fixtures
-from tests.support import fresh_database
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from capture import decode, parse_time
 from proxy.metrics import DROP_REASONS
+from stack.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
 from tests.faults.load import Tally
 from tests.integration.conftest import Pipeline, start_pipeline
 from tests.sinks.conftest import SinkProcess
@@ -36,7 +37,6 @@ from tests.sinks.lake_fixtures import (
     lake_rows,
     read_lake,
 )
-from tests.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
 
 SINKS = ("timescale", "lake")
 # The scenarios' shape (tests/faults/test_*.py).

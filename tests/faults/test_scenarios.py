@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stack import Postgres
+from stack.support import fresh_database, sample, wait_until
 from tests.faults.harness import (
     LEAD_S,
     OUTAGE_S,
@@ -32,7 +33,6 @@ from tests.faults.harness import (
 )
 from tests.faults.load import Load
 from tests.sinks.lake_fixtures import committed
-from tests.support import fresh_database, sample, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from capture import decode
+from stack.support import wait_until
 from tests.faults.harness import (
     LEAD_S,
     OUTAGE_S,
@@ -28,7 +29,6 @@ from tests.faults.harness import (
     proxy_count,
 )
 from tests.faults.load import Load
-from tests.support import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -15,8 +15,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from stack import free_port
+from stack.support import Process
 from tests.integration import echo_app
-from tests.support import Process
 
 pytestmark = pytest.mark.integration
 

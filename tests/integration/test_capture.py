@@ -12,9 +12,9 @@ import requests
 
 from capture import decode, decode_body
 from capture.redact import Redactor
+from stack.support import metric, read_topic
 from tests.integration import echo_app
 from tests.integration.conftest import REDACT_KEY, start_pipeline
-from tests.support import metric, read_topic
 
 pytestmark = pytest.mark.integration
 

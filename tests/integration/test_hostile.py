@@ -28,9 +28,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
 
 from capture import CaptureRecord, decode, decode_body
+from stack.support import metric, read_topic, sample, scrape, wait_until
 from tests.integration import echo_app
 from tests.integration.conftest import start_pipeline
-from tests.support import metric, read_topic, sample, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from stack.support import accounted, metric, read_topic
 from tests.integration.conftest import start_pipeline
-from tests.support import accounted, metric, read_topic
 
 pytestmark = pytest.mark.integration
 

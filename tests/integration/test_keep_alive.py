@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stack import free_ports
-from tests.support import Process
+from stack.support import Process
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import uuid
 import pytest
 import requests
 
+from stack.support import wait_until
 from tests.integration.conftest import start_pipeline
-from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 

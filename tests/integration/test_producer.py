@@ -14,7 +14,7 @@ from capture.topics import ensure_topic
 from proxy.metrics import ProxyMetrics
 from proxy.producer import CaptureProducer
 from proxy.settings import ProxySettings
-from tests.support import read_topic, wait_until
+from stack.support import read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from werkzeug.serving import make_server
 
 from capture import decode
 from stack import free_port
+from stack.support import Process, accounted, read_topic, sample, scrape, wait_until
 from tests.integration import echo_app
-from tests.support import Process, accounted, read_topic, sample, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import make_server
 
 from stack import free_port
+from stack.support import Process, read_topic, sample, tail, wait_until
+from stack.support import accounted as proxy_accounted
 from tests.integration import echo_app
-from tests.support import Process, read_topic, sample, tail, wait_until
-from tests.support import accounted as proxy_accounted
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from werkzeug.serving import make_server
 from apps import app_a
 from capture import decode
 from stack.har import validate_har
+from stack.support import wait_until
 from tapline.cli import main
 from tests.sinks.test_export_har import check_round_trip
-from tests.support import wait_until
 
 
 def tapline(settings: dict[str, str], *argv: str) -> tuple[int, str, str]:

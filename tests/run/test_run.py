@@ -23,8 +23,8 @@ import requests
 from capture.topics import partitions
 from stack import free_ports
 from stack.service import port_open
+from stack.support import REPO_ROOT, wait_until
 from tests.run.replay_checks import check_replay_and_export
-from tests.support import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from stack import free_port
-from tests.support import Process, fresh_database, scrape
+from stack.support import Process, fresh_database, scrape
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import requests
 
 from capture.redact import Redactor
 from stack import TimescaleLite, free_port
+from stack.support import fresh_database, sample, wait_until
 from tapline.report import ReportError, build_report, parse_duration
 from tests.integration.conftest import REDACT_KEY, start_pipeline
 from tests.sinks.conftest import SinkProcess
 from tests.sinks.test_timescale import sink_env
-from tests.support import fresh_database, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

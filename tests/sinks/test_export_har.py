@@ -19,9 +19,9 @@ from capture import CaptureRecord, encode
 from capture.lake_layout import key_prefix, object_key
 from db import migrate
 from sinks.rows import COLUMNS, row_of
+from stack.factories import make
 from stack.har import validate_har
 from tapline.cli import main
-from tests.factories import make
 from tests.sinks.lake_fixtures import KEYS, client, fresh_bucket, s3_service  # noqa: F401
 from tests.unit.test_har import record
 

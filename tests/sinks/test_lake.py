@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from capture import decode
-from tests import factories
+from stack import factories
+from stack.support import produce, read_topic_with_headers, sample, wait_until
 from tests.sinks.conftest import SinkProcess
 from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     TcpForwarder,
@@ -29,7 +30,6 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     s3_service,
     uncommitted_objects,
 )
-from tests.support import produce, read_topic_with_headers, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

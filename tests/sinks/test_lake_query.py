@@ -24,9 +24,10 @@ from capture import CaptureRecord, decode
 from capture.lake_layout import key_prefix
 from sinks.lake import LakeSettings, LakeSink, ndjson_gz, plan_objects
 from sinks.loop import Item
+from stack import factories
+from stack.support import REPO_ROOT, read_topic, sample, wait_until
 from tapline import lake
 from tapline.cli import main
-from tests import factories
 from tests.integration.conftest import start_pipeline
 from tests.sinks.conftest import SinkProcess
 from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
@@ -39,7 +40,6 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     read_lake,
     s3_service,
 )
-from tests.support import REPO_ROOT, read_topic, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -27,11 +27,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import db
-from stack import S3Server
-from tests import factories
+from stack import S3Server, factories
+from stack.support import REPO_ROOT, produce, wait_until
 from tests.sinks.conftest import SinkProcess, count_rows
 from tests.sinks.lake_fixtures import Lake, check_lake, lake_env
-from tests.support import REPO_ROOT, produce, wait_until
 
 pytestmark = pytest.mark.integration
 

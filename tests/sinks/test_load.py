@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from capture import decode
+from stack.support import fresh_database, sample, wait_until
 from tapline.load import run_load
 from tapline.report import build_report
 from tests.integration.conftest import start_pipeline
@@ -24,7 +25,6 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     s3_service,
 )
 from tests.sinks.test_timescale import sink_env
-from tests.support import fresh_database, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from capture.redact import Redactor
-from tests import factories
+from stack import factories
+from stack.support import fresh_database, produce, read_topic, sample, wait_until
 from tests.integration.conftest import REDACT_KEY, start_pipeline
 from tests.sinks.conftest import SinkProcess, count_rows
 from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
@@ -21,7 +22,6 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
     s3_service,
 )
 from tests.sinks.test_timescale import sink_env
-from tests.support import fresh_database, produce, read_topic, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

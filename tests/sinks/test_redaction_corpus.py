@@ -25,6 +25,7 @@ import pytest
 import requests
 import zstandard
 
+from stack.support import fresh_database, metric, read_topic, sample, wait_until
 from tests.integration import echo_app
 from tests.integration.conftest import start_pipeline
 from tests.sinks.conftest import SinkProcess, count_rows
@@ -36,7 +37,6 @@ from tests.sinks.lake_fixtures import (  # noqa: F401 - fixtures s3 and bucket
 )
 from tests.sinks.redaction_corpus import Case, corpus, look_alike_cases
 from tests.sinks.test_timescale import sink_env
-from tests.support import fresh_database, metric, read_topic, sample, wait_until
 
 pytestmark = pytest.mark.integration
 

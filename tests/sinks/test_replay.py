@@ -15,10 +15,10 @@ from werkzeug.serving import make_server
 
 from apps import app_a, app_b
 from capture import CaptureRecord, encode
-from tests.factories import make
+from stack.factories import make
+from stack.support import produce
 from tests.sinks.lake_fixtures import fresh_bucket, s3_service  # noqa: F401
 from tests.sinks.test_export_har import fill_lake, lake_in_env, run  # noqa: F401
-from tests.support import produce
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ import uuid
 import orjson
 import pytest
 
-from tests import factories
+from stack import factories
+from stack.support import produce, read_topic_with_headers, wait_until
 from tests.sinks.conftest import SinkProcess, count_rows
 from tests.sinks.test_timescale import sink_env
-from tests.support import produce, read_topic_with_headers, wait_until
 
 pytestmark = pytest.mark.integration
 

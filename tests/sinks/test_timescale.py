@@ -16,11 +16,8 @@ import requests
 from capture import decode
 from capture.redact import Redactor
 from sinks.rows import merged_params
-from stack import Postgres
-from tests import factories
-from tests.integration.conftest import REDACT_KEY, start_pipeline
-from tests.sinks.conftest import SinkProcess, count_rows
-from tests.support import (
+from stack import Postgres, factories
+from stack.support import (
     fresh_database,
     produce,
     read_topic,
@@ -28,6 +25,8 @@ from tests.support import (
     sample,
     wait_until,
 )
+from tests.integration.conftest import REDACT_KEY, start_pipeline
+from tests.sinks.conftest import SinkProcess, count_rows
 
 pytestmark = pytest.mark.integration
 

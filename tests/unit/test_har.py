@@ -10,8 +10,8 @@ import io
 import orjson
 
 from capture import CaptureRecord, Request, Response, encode
+from stack.factories import make
 from tapline.har import entry, write_har
-from tests.factories import make
 
 
 def record(**changes) -> CaptureRecord:

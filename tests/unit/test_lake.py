@@ -27,7 +27,7 @@ from sinks.lake import (
     plan_objects,
 )
 from sinks.loop import Item
-from tests import factories
+from stack import factories
 
 HOSTILE_IPS = [
     "../../x", "a/b", "%2e%2e", "fe80::1%eth0/../x", "", " ", ".", "..", "/", "\\..\\x",

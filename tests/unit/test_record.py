@@ -22,7 +22,7 @@ from capture import (
     wire_text,
 )
 from capture.record import shrink
-from tests import factories
+from stack import factories
 
 
 def make_record(**changes) -> CaptureRecord:

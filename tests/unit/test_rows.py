@@ -8,7 +8,7 @@ import pytest
 
 from capture import InvalidRecord, decode, decode_body, encode
 from sinks.rows import COLUMNS, cut_body, jsonb, merged_params, row_of, row_of_json
-from tests import factories
+from stack import factories
 from tests.unit.test_record import make_record
 
 

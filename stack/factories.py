@@ -1,4 +1,4 @@
-"""Realistic capture records made in bulk, for sink tests and benchmarks."""
+"""Realistic capture records made in bulk, for the tests and the benches."""
 
 from __future__ import annotations
 

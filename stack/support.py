@@ -1,4 +1,4 @@
-"""Helpers for tests that run real processes and read real topics."""
+"""Helpers the tests and the benches share: real processes, metrics, topics, databases."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """The S3 data lake sink: every capture, byte for byte, as gzip-compressed NDJSON objects.
 
-Layout (docs/lake.md):
-`<YYYY-MM-DD>/<HH>/<client-ip>/<topic>-<partition>-<first offset>-<last offset>.jsonl.gz`, date
-and hour of the record's `started_at` in UTC. One object holds, in offset order, the records of
-one batch of one partition that share date, hour and client IP; each line is exactly the bytes
-that were on the topic.
+The layout, `<YYYY-MM-DD>/<HH>/<client-ip>/<topic>-<partition>-<first>-<last>.jsonl.gz`, is
+capture/lake_layout.py's, which the readers import too (docs/lake.md). One object holds, in
+offset order, the records of one batch of one partition that share date, hour and client IP;
+each line is exactly the bytes that were on the topic.
 
-The pure parts (`key_prefix`, `ip_segment`, `object_key`, `plan_objects`, `ndjson_gz`) decide
-everything that matters; `LakeSink` is a thin shell that compresses and PUTs.
+The pure parts (the layout's keys, `plan_objects`, `ndjson_gz`) decide everything that
+matters; `LakeSink` is a thin shell that compresses and PUTs.
 
 Failure policy: S3 never refuses a capture as data, so this sink never raises
 PermanentWriteError. Whatever fails (S3 unreachable, 5xx, timeouts, a missing bucket, wrong
@@ -122,7 +121,7 @@ class LakeSettings:
         return fs
 
 
-# --- keys: pure ------------------------------------------------------------------------------
+# --- objects: pure ---------------------------------------------------------------------------
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from bench.common import BenchError, load_average, wait_for
 from stack import free_port, kafka_from_env, postgres_from_env, s3_from_env
-from stack.support import Process, fresh_database, wait_for_port
+from stack.support import Process, fresh_database, topic_exists, wait_for_port
 
 PYTHON = sys.executable
 DB_POLL_S = 0.02
@@ -146,23 +146,6 @@ def pipeline(workdir: Path, lake_age_ms: int | None = None):
         yield Pipeline(f"http://127.0.0.1:{ports['proxy_a']}",
                        f"http://127.0.0.1:{ports['proxy_b']}", database_url, s3_env, topic,
                        f"http://127.0.0.1:{ports['app_a']}", f"http://127.0.0.1:{ports['app_b']}")
-
-
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    import asyncio
-
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def check() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            described = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        return any(t["error_code"] == 0 and t["partitions"] for t in described)
-
-    return asyncio.run(check())
 
 
 # --- the client and the pollers ----------------------------------------------------------------

@@ -39,7 +39,6 @@ from KAFKA_BOOTSTRAP_SERVERS or is launched on loopback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import subprocess
@@ -75,7 +74,7 @@ from bench.common import (
 )
 from proxy.metrics import DROP_REASONS
 from stack import free_port, kafka_from_env
-from stack.support import Process, sample, scrape, wait_for_port
+from stack.support import Process, sample, scrape, topic_size, wait_for_port
 
 DIRECT, BARE, CAPTURE, KAFKA_DOWN = "app direct", "bare mitmdump", "capture, Kafka up", \
     "capture, Kafka down"
@@ -745,33 +744,6 @@ def account(target: Target, *, kafka_up: bool) -> Account:
     return result
 
 
-def topic_records(bootstrap: str, topic: str) -> int:
-    """How many records the topic holds (the sum of its partitions' end offsets)."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.structs import TopicPartition
-
-    async def count() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            described = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        partitions = [TopicPartition(topic, p["partition"]) for t in described
-                      if t["error_code"] == 0 for p in t["partitions"]]
-        if not partitions:
-            return 0
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            return sum((await consumer.end_offsets(partitions)).values())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(count())
-
-
 def accounts_table(accounts: list[Account], on_topic: int, produced: float,
                    style: box.Box) -> Table:
     table = Table(title="Every exchange accounted for", box=style)
@@ -896,7 +868,7 @@ def main() -> int:
             console.print(f"load average: {load_average()}")
             accounts += checked
         produced = sum(a.produced for a in accounts if not a.name.endswith("down"))
-        on_topic = topic_records(kafka.bootstrap_servers, topic)
+        on_topic = topic_size(kafka.bootstrap_servers, topic)
         console.print(accounts_table(accounts, on_topic, produced, style))
         failures += [f"{a.name}: {a.problem}" for a in accounts if a.problem]
         if on_topic != produced:

@@ -142,6 +142,36 @@ async def _read_topic(bootstrap, topic, expect, timeout, settle):
         await consumer.stop()
 
 
+def topic_exists(bootstrap: str, topic: str) -> bool:
+    """Whether Kafka knows `topic` and at least one partition of it."""
+    from capture.topics import partitions
+
+    return bool(asyncio.run(partitions(bootstrap, topic)))
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Records on the topic: the sum of its partitions' end offsets (0 when it has none)."""
+    return asyncio.run(_topic_size(bootstrap, topic))
+
+
+async def _topic_size(bootstrap, topic):
+    from aiokafka.structs import TopicPartition
+
+    from capture.topics import partitions
+
+    numbers = await partitions(bootstrap, topic)
+    if not numbers:
+        return 0
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum((await consumer.end_offsets(
+            [TopicPartition(topic, n) for n in numbers])).values())
+    finally:
+        await consumer.stop()
+
+
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]],
             partitions: int = 3, headers=None) -> None:
     """Put messages on a topic (created with `partitions` when absent), acknowledged."""

@@ -9,7 +9,6 @@ server that the lake sink reaches through a TcpForwarder, so S3 can be made unre
 from __future__ import annotations
 
 import ast
-import asyncio
 import contextlib
 import uuid
 from collections import Counter
@@ -20,12 +19,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from capture import decode, parse_time
 from proxy.metrics import DROP_REASONS
-from stack.support import Process, read_topic, sample, scrape, wait_for_port, wait_until
+from stack.support import (
+    Process,
+    read_topic,
+    sample,
+    scrape,
+    topic_exists,
+    topic_size,
+    wait_for_port,
+    wait_until,
+)
 from tests.faults.load import Tally
 from tests.integration.conftest import Pipeline, start_pipeline
 from tests.sinks.conftest import SinkProcess
@@ -137,35 +143,6 @@ class Figures:
                 + "".join(f" | {note}" for note in self.notes))
 
 
-def topic_size(bootstrap: str, topic: str) -> int:
-    """Records on the topic: the sum of its partitions' end offsets."""
-    async def size() -> int:
-        # Subscribed, so that the consumer's metadata holds the topic's partitions.
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(topic)
-            assert partitions, f"Kafka knows no partition of topic {topic}"
-            return sum((await consumer.end_offsets(
-                [TopicPartition(topic, p) for p in partitions])).values())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(size())
-
-
-def topic_exists(bootstrap: str, topic: str) -> bool:
-    async def exists() -> bool:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            return topic in await consumer.topics()
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(exists())
-
-
 def db_ids(url: str) -> Counter:
     with psycopg.connect(url) as conn:
         return Counter(dict(conn.execute(
@@ -259,7 +236,9 @@ class FullPipeline:
 
     def wait_caught_up(self, timeout: float = 90.0) -> int:
         """Wait until each sink has committed every record on the topic; their number."""
-        size = topic_size(self.pipeline.bootstrap, self.pipeline.topic)
+        bootstrap, topic = self.pipeline.bootstrap, self.pipeline.topic
+        assert topic_exists(bootstrap, topic), f"Kafka knows no partition of topic {topic}"
+        size = topic_size(bootstrap, topic)
         for name in SINKS:
             group = self.envs[name]["SINK_GROUP_ID"]
             wait_until(lambda g=group: committed(self.pipeline.bootstrap, g,

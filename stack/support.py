@@ -24,10 +24,18 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}:\n{tail(log)}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
         except OSError:
             time.sleep(0.05)
+            continue
+        # A port in the ephemeral range with nothing on it can connect to itself (TCP's
+        # simultaneous open, when the kernel picks the same port as the source): that is no
+        # listener, and while the socket lives the process cannot bind the port.
+        self_connected = sock.getsockname() == sock.getpeername()
+        sock.close()
+        if not self_connected:
+            return
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s:\n{tail(log)}")
 
 
@@ -54,6 +62,8 @@ class Process:
             )
         for port in ports:
             wait_for_port(port, self.proc, self.log, timeout)
+        if ports and self.proc.poll() is not None:  # another process answered on a port
+            raise RuntimeError(f"process exited with {self.proc.returncode}:\n{tail(self.log)}")
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:

@@ -137,10 +137,12 @@ def test_sigkill_in_the_middle_of_batches_loses_and_doubles_nothing(kafka, datab
     rng = random.Random(7)
     killed_mid_way = []
     for kill in range(4):
+        # Each kill lands once the sink has written a random few batches more: the sink
+        # writes 20,000 records in about a second, so a kill timed by the clock can miss it.
+        target = min(n, count_rows(database) + rng.randint(1, 3000))
         sink = SinkProcess("timescale", tmp_path, env).start()
-        if kill == 0:  # the first kill waits until the sink is writing
-            wait_until(lambda: count_rows(database) > 0, timeout=60, what="first rows")
-        time.sleep(rng.uniform(0.2, 1.5))
+        wait_until(lambda t=target: count_rows(database) >= t, timeout=60, interval=0.01,
+                   what=f"{target} rows before kill {kill + 1}")
         sink.kill()
         done = count_rows(database)
         if 0 < done < n:
